@@ -1,0 +1,329 @@
+"""Hugging Face checkpoint folders in and out: config.json + safetensors (single file or sharded).
+
+Loading reads one safetensors file at a time, checks every tensor's name and shape against the
+model the config describes, converts it to gsjax's layout and places it on the mesh with the
+sharding its logical axes give. Everything is checked before the model is assembled, so a bad
+folder raises an error naming the tensor or field and nothing half-loaded is ever returned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_dtypes
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from gsjax.models.qwen3 import Qwen3, Qwen3Config
+from gsjax.parallel import logical_to_spec
+
+SUPPORTED_ARCHITECTURES = {"Qwen3ForCausalLM": "qwen3", "Qwen2ForCausalLM": "qwen2"}
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+# Buffers some exporters write that carry no learned state.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that does not describe a model gsjax can load."""
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def config_from_hf(hf: dict[str, Any], source: str = "config.json", **overrides: Any) -> Qwen3Config:
+    """Translate a Hugging Face config dict into a Qwen3Config, naming any field that is wrong."""
+    archs = hf.get("architectures") or []
+    arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
+    if arch is None:
+        raise CheckpointError(
+            f"{source}: field 'architectures' is {archs!r}; expected one of {sorted(SUPPORTED_ARCHITECTURES)}"
+        )
+    family = SUPPORTED_ARCHITECTURES[arch]
+
+    def need(key: str) -> Any:
+        if key not in hf:
+            raise CheckpointError(f"{source}: required field {key!r} is missing")
+        return hf[key]
+
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default":
+        raise CheckpointError(f"{source}: rope_type {rope_type!r} is not supported; expected 'default'")
+    theta = rope.get("rope_theta", hf.get("rope_theta", 10_000.0))
+    if hf.get("use_sliding_window"):
+        raise CheckpointError(f"{source}: field 'use_sliding_window' is true; only full attention is supported")
+    heads = int(need("num_attention_heads"))
+    hidden = int(need("hidden_size"))
+    cfg = dict(
+        vocab_size=int(need("vocab_size")),
+        hidden_size=hidden,
+        intermediate_size=int(need("intermediate_size")),
+        num_layers=int(need("num_hidden_layers")),
+        num_heads=heads,
+        num_kv_heads=int(hf.get("num_key_value_heads") or heads),
+        head_dim=int(hf.get("head_dim") or hidden // heads),
+        rope_theta=float(theta),
+        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        attention_bias=bool(hf.get("attention_bias", family == "qwen2")),
+        qk_norm=family == "qwen3",
+        max_position_embeddings=int(hf.get("max_position_embeddings", 40960)),
+        family=family,
+    )
+    cfg.update(overrides)
+    return Qwen3Config(**cfg)
+
+
+def config_to_hf(cfg: Qwen3Config) -> dict[str, Any]:
+    arch = {v: k for k, v in SUPPORTED_ARCHITECTURES.items()}[cfg.family]
+    hf = {
+        "architectures": [arch],
+        "model_type": cfg.family,
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_parameters": {"rope_theta": cfg.rope_theta, "rope_type": "default"},
+        "rope_theta": cfg.rope_theta,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "use_sliding_window": False,
+        "dtype": cfg.param_dtype,
+    }
+    if cfg.family == "qwen3":
+        hf["attention_bias"] = cfg.attention_bias
+    return hf
+
+
+def load_config(folder: str | Path, **overrides: Any) -> Qwen3Config:
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: no config.json (expected a Hugging Face checkpoint folder)")
+    try:
+        hf = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+    return config_from_hf(hf, str(path), **overrides)
+
+
+# ----------------------------------------------------------------------------- tensor layout
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorMap:
+    """One Hugging Face tensor and where it lives in the NNX model."""
+
+    hf_name: str
+    path: tuple[Any, ...]  # the NNX state path
+    hf_shape: tuple[int, ...]
+    to_ours: Callable[[np.ndarray], np.ndarray]
+    to_hf: Callable[[np.ndarray], np.ndarray]
+
+
+def _same(x: np.ndarray) -> np.ndarray:
+    return x
+
+
+def _t(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.T)
+
+
+def tensor_layout(cfg: Qwen3Config) -> list[TensorMap]:
+    e, h, kv, d, m, v = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                         cfg.intermediate_size, cfg.vocab_size)
+
+    def in_proj(n: int) -> tuple[Callable, Callable]:  # HF [n*d, e] <-> ours [e, n, d]
+        return (lambda w: np.ascontiguousarray(w.reshape(n, d, e).transpose(2, 0, 1)),
+                lambda w: np.ascontiguousarray(w.transpose(1, 2, 0).reshape(n * d, e)))
+
+    def bias(n: int) -> tuple[Callable, Callable]:  # HF [n*d] <-> ours [n, d]
+        return (lambda b: b.reshape(n, d), lambda b: b.reshape(n * d))
+
+    out_proj = (lambda w: np.ascontiguousarray(w.reshape(e, h, d).transpose(1, 2, 0)),
+                lambda w: np.ascontiguousarray(w.transpose(2, 0, 1).reshape(e, h * d)))
+
+    maps = [TensorMap("model.embed_tokens.weight", ("embed",), (v, e), _same, _same),
+            TensorMap("model.norm.weight", ("norm", "scale"), (e,), _same, _same)]
+    if not cfg.tie_embeddings:
+        maps.append(TensorMap("lm_head.weight", ("lm_head",), (v, e), _t, _t))
+    has_bias = cfg.attention_bias or cfg.family == "qwen2"
+    for i in range(cfg.num_layers):
+        p = f"model.layers.{i}."
+        a = ("layers", i, "self_attn")
+        maps += [
+            TensorMap(p + "input_layernorm.weight", ("layers", i, "input_layernorm", "scale"), (e,), _same, _same),
+            TensorMap(p + "post_attention_layernorm.weight", ("layers", i, "post_attention_layernorm", "scale"), (e,), _same, _same),
+            TensorMap(p + "self_attn.q_proj.weight", a + ("q_proj",), (h * d, e), *in_proj(h)),
+            TensorMap(p + "self_attn.k_proj.weight", a + ("k_proj",), (kv * d, e), *in_proj(kv)),
+            TensorMap(p + "self_attn.v_proj.weight", a + ("v_proj",), (kv * d, e), *in_proj(kv)),
+            TensorMap(p + "self_attn.o_proj.weight", a + ("o_proj",), (e, h * d), *out_proj),
+            TensorMap(p + "mlp.gate_proj.weight", ("layers", i, "mlp", "gate_proj"), (m, e), _t, _t),
+            TensorMap(p + "mlp.up_proj.weight", ("layers", i, "mlp", "up_proj"), (m, e), _t, _t),
+            TensorMap(p + "mlp.down_proj.weight", ("layers", i, "mlp", "down_proj"), (e, m), _t, _t),
+        ]
+        if has_bias:
+            maps += [
+                TensorMap(p + "self_attn.q_proj.bias", a + ("q_bias",), (h * d,), *bias(h)),
+                TensorMap(p + "self_attn.k_proj.bias", a + ("k_bias",), (kv * d,), *bias(kv)),
+                TensorMap(p + "self_attn.v_proj.bias", a + ("v_bias",), (kv * d,), *bias(kv)),
+            ]
+        if cfg.qk_norm:
+            maps += [
+                TensorMap(p + "self_attn.q_norm.weight", a + ("q_norm", "scale"), (d,), _same, _same),
+                TensorMap(p + "self_attn.k_norm.weight", a + ("k_norm", "scale"), (d,), _same, _same),
+            ]
+    return maps
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _file_index(folder: Path) -> dict[str, str]:
+    """tensor name -> safetensors file name within `folder`."""
+    index_path = folder / INDEX_FILE
+    if index_path.is_file():
+        try:
+            weight_map = json.loads(index_path.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise CheckpointError(f"{index_path}: expected JSON with a 'weight_map' object ({e})") from e
+        for fname in sorted(set(weight_map.values())):
+            if not (folder / fname).is_file():
+                raise CheckpointError(f"{index_path}: lists shard {fname!r}, which is not in {folder}")
+        return dict(weight_map)
+    single = folder / SINGLE_FILE
+    if not single.is_file():
+        raise CheckpointError(f"{folder}: neither {SINGLE_FILE} nor {INDEX_FILE} found")
+    with safe_open(single, framework="np") as f:
+        return {name: SINGLE_FILE for name in f.keys()}
+
+
+def _place(value: np.ndarray, axes: tuple[str, ...], mesh: Mesh | None) -> jax.Array:
+    if mesh is None:
+        return jax.device_put(value)
+    sharding = NamedSharding(mesh, logical_to_spec(axes, value.shape, dict(mesh.shape)))
+    return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
+
+
+def load_model(
+    folder: str | Path,
+    mesh: Mesh | None = None,
+    *,
+    dtype: str | None = None,
+    param_dtype: str | None = None,
+    progress: bool = False,
+) -> Qwen3:
+    """Load a Qwen3 / Qwen2 checkpoint folder into an NNX model placed on `mesh`."""
+    folder = Path(folder)
+    overrides = {k: v for k, v in dict(dtype=dtype, param_dtype=param_dtype).items() if v}
+    cfg = load_config(folder, **overrides)
+    abstract = nnx.eval_shape(lambda: Qwen3(cfg, rngs=nnx.Rngs(0)))
+    graphdef, abstract_state = nnx.split(abstract)
+    variables = dict(nnx.to_flat_state(abstract_state))
+
+    layout = tensor_layout(cfg)
+    files = _file_index(folder)
+    expected = {t.hf_name for t in layout}
+    missing = sorted(expected - set(files))
+    if missing:
+        raise CheckpointError(
+            f"{folder}: missing tensor {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
+    unexpected = sorted(
+        n for n in set(files) - expected
+        if not n.endswith(_IGNORED_SUFFIXES) and not (cfg.tie_embeddings and n == "lm_head.weight")
+    )
+    if unexpected:
+        raise CheckpointError(f"{folder}: unexpected tensor {unexpected[0]!r} for {cfg.family} config {cfg}")
+
+    by_file: dict[str, list[TensorMap]] = {}
+    for t in layout:
+        by_file.setdefault(files[t.hf_name], []).append(t)
+    target = np.dtype(ml_dtypes.bfloat16) if cfg.param_dtype == "bfloat16" else np.dtype(cfg.param_dtype)
+    loaded: dict[tuple, jax.Array] = {}
+    items = sorted(by_file.items())
+    if progress:
+        from tqdm import tqdm
+
+        items = tqdm(items, desc=f"loading {folder.name}", unit="shard")
+    for fname, maps in items:  # one shard file open at a time
+        with safe_open(folder / fname, framework="np") as f:
+            for t in maps:
+                raw = f.get_tensor(t.hf_name)
+                if tuple(raw.shape) != t.hf_shape:
+                    raise CheckpointError(
+                        f"{folder / fname}: tensor {t.hf_name!r} has shape {tuple(raw.shape)}, expected {t.hf_shape}"
+                    )
+                var = variables[t.path]
+                value = t.to_ours(raw).astype(target)
+                assert value.shape == var.shape, (t.hf_name, value.shape, var.shape)
+                loaded[t.path] = _place(value, var.get_metadata()["axes"], mesh)
+
+    for path, var in variables.items():
+        var.set_value(loaded[path])
+    return nnx.merge(graphdef, nnx.from_flat_state(variables))
+
+
+# ----------------------------------------------------------------------------- saving
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+    if not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(jax.device_get(x))
+
+
+def _chunks(names: Iterable[str], sizes: dict[str, int], max_bytes: int) -> list[list[str]]:
+    shards: list[list[str]] = [[]]
+    total = 0
+    for name in names:
+        if shards[-1] and total + sizes[name] > max_bytes:
+            shards.append([])
+            total = 0
+        shards[-1].append(name)
+        total += sizes[name]
+    return shards
+
+
+def save_model(model: Qwen3, folder: str | Path, *, max_shard_bytes: int = 5 * 2**30) -> Path:
+    """Write `model` as a Hugging Face folder that transformers' from_pretrained loads.
+
+    Only process 0 writes; every process takes part in gathering sharded parameters.
+    """
+    folder = Path(folder)
+    cfg = model.cfg
+    state = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    tensors = {t.hf_name: t.to_hf(_to_host(state[t.path][...])) for t in tensor_layout(cfg)}
+    if jax.process_index() != 0:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config_to_hf(cfg), indent=2) + "\n")
+    sizes = {n: a.nbytes for n, a in tensors.items()}
+    shards = _chunks(tensors, sizes, max_shard_bytes)
+    meta = {"format": "pt"}
+    if len(shards) == 1:
+        save_file(tensors, folder / SINGLE_FILE, metadata=meta)
+        return folder
+    weight_map = {}
+    for i, names in enumerate(shards, 1):
+        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file({n: tensors[n] for n in names}, folder / fname, metadata=meta)
+        weight_map.update({n: fname for n in names})
+    index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
+    (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    return folder

@@ -1,0 +1,60 @@
+"""Pure functions from logits to sampled tokens and their log-probabilities."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """temperature 0 is greedy; top_k 0 and top_p 1.0 switch those filters off."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+
+
+def _top_p_mask(sorted_logits: jax.Array, top_p: float) -> jax.Array:
+    """Keep the smallest prefix of descending-sorted logits whose probability reaches top_p."""
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly before each token
+    return before < top_p
+
+
+def sample(logits: jax.Array, key: jax.Array, params: SamplingParams) -> tuple[jax.Array, jax.Array]:
+    """Sample one token per row from fp32 `logits` [B, V].
+
+    Returns (tokens [B] int32, logprobs [B] fp32). The log-probability is that of the sampled token
+    under softmax(logits / temperature), before top-k / top-p truncation: the distribution the
+    policy defines, which is what the learner recomputes. For greedy decoding it is under the
+    plain softmax.
+    """
+    logits = logits.astype(jnp.float32)
+    if params.temperature == 0.0:
+        tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        logprobs = jax.nn.log_softmax(logits, axis=-1)
+        return tokens, jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
+
+    scaled = logits / params.temperature
+    logprobs = jax.nn.log_softmax(scaled, axis=-1)
+    if params.top_k == 0 and params.top_p >= 1.0:
+        tokens = jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
+    else:
+        k = params.top_k or scaled.shape[-1]
+        top_logits, top_ids = jax.lax.top_k(scaled, min(k, scaled.shape[-1]))  # sorted, descending
+        if params.top_p < 1.0:
+            top_logits = jnp.where(_top_p_mask(top_logits, params.top_p), top_logits, -jnp.inf)
+        choice = jax.random.categorical(key, top_logits, axis=-1)
+        tokens = jnp.take_along_axis(top_ids, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
+    return tokens, jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]

@@ -1,0 +1,331 @@
+"""A jitted KV-cache sampler with slots, for multi-turn agent loops.
+
+Each of the `num_slots` rows of the KV cache holds one conversation. A slot's state is its length
+(tokens already in the cache) and one pending token (the last token given or sampled, not yet fed
+through the model). Feeding the pending token is the first thing a decode step does, so a prefill
+only has to write keys and values and never computes logits.
+
+- `start(slot, ids)` begins a new conversation in a slot; `append(slot, ids)` adds tokens (a tool
+  observation) after what the slot already holds, without re-encoding it.
+- `step()` prefills every queued insert (batched and bucketed), then decodes one chunk of steps for
+  all running slots in one `lax.scan`, and returns the turns that ended in it.
+- A turn ends on a stop token (checked on the device), a stop string (checked on the host once per
+  chunk, only for rows whose new tokens could complete one), its token budget, or a full cache.
+
+Shapes are bucketed: prefill compiles once per (rows bucket, length bucket) and decode once, so the
+number of compilations stays fixed after warm-up (`compile_counts` counts traces).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import enum
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from gsjax.models.qwen3 import KVCache, LayerCache, Qwen3, init_cache
+from gsjax.sampling.logits import SamplingParams, sample
+
+
+class FinishReason(str, enum.Enum):
+    STOP_TOKEN = "stop_token"
+    STOP_STRING = "stop_string"
+    LENGTH = "length"  # the turn's token budget
+    CACHE_FULL = "cache_full"  # the conversation no longer fits in the slot
+
+
+@dataclasses.dataclass
+class Turn:
+    """One finished turn of one slot: the sampled tokens and their log-probabilities."""
+
+    slot: int
+    tokens: list[int]
+    logprobs: list[float]
+    finish: FinishReason
+    stop: str | int | None = None  # the stop string or stop token that ended it
+
+
+def _buckets_up_to(limit: int) -> tuple[int, ...]:
+    sizes, n = [], 1
+    while n < limit:
+        sizes.append(n)
+        n *= 2
+    return tuple(sizes) + (limit,)
+
+
+def _bucket(n: int, buckets: Sequence[int]) -> int:
+    for b in buckets:
+        if n <= b:
+            return b
+    raise ValueError(f"{n} exceeds the largest bucket {buckets[-1]}")
+
+
+@dataclasses.dataclass
+class _Slot:
+    length: int = 0  # tokens in the cache
+    pending: int | None = None  # token to feed next
+    running: bool = False
+    budget: int = 0
+    queued: list[int] = dataclasses.field(default_factory=list)  # tokens waiting for prefill
+    out_tokens: list[int] = dataclasses.field(default_factory=list)
+    out_logprobs: list[float] = dataclasses.field(default_factory=list)
+
+
+class Sampler:
+    def __init__(
+        self,
+        model: Qwen3,
+        *,
+        num_slots: int,
+        cache_len: int,
+        params: SamplingParams = SamplingParams(),
+        stop_token_ids: Sequence[int] = (),
+        stop_strings: Sequence[str] = (),
+        decode: Callable[[list[int]], str] | None = None,
+        prefill_buckets: Sequence[int] = (16, 32, 64, 128, 256, 512),
+        chunk: int = 16,
+        seed: int = 0,
+    ):
+        if stop_strings and decode is None:
+            raise ValueError("stop_strings need a `decode` function (token ids -> text)")
+        self.cfg = model.cfg
+        self.num_slots = num_slots
+        self.cache_len = cache_len  # usable tokens per slot
+        self.params = params
+        self.chunk = chunk
+        self.prefill_buckets = tuple(sorted(prefill_buckets))
+        self.row_buckets = _buckets_up_to(num_slots)
+        self.stop_token_ids = tuple(int(t) for t in stop_token_ids)
+        self.stop_strings = tuple(stop_strings)
+        self._decode_text = decode
+        self._stop_string_candidates = self._candidate_ids() if stop_strings else None
+        self.compile_counts: collections.Counter[str] = collections.Counter()
+
+        self._graphdef, self._weights = nnx.split(model)
+        # Padding the cache by one prefill bucket keeps every (padded) write inside it.
+        self._cache: KVCache = jax.jit(init_cache, static_argnums=(0, 1, 2))(
+            self.cfg, num_slots, cache_len + self.prefill_buckets[-1]
+        )
+        self._key = jax.random.key(seed)
+        self._slots = [_Slot() for _ in range(num_slots)]
+        self._prefill_fn = jax.jit(self._prefill_impl, donate_argnums=(1,))
+        self._decode_fn = jax.jit(self._decode_impl, donate_argnums=(1,))
+
+    # ------------------------------------------------------------------ public API
+
+    def update_weights(self, model: Qwen3) -> None:
+        """Sample from `model`'s current parameters from now on (after a training step)."""
+        self._graphdef, self._weights = nnx.split(model)
+
+    def start(self, slot: int, ids: Sequence[int], max_new_tokens: int) -> None:
+        """Begin a new conversation in `slot` with prompt `ids`, then generate one turn."""
+        if not ids:
+            raise ValueError("start() needs at least one prompt token")
+        self._slots[slot] = _Slot()
+        self._queue(slot, ids, max_new_tokens)
+
+    def append(self, slot: int, ids: Sequence[int], max_new_tokens: int) -> None:
+        """Add `ids` after what `slot` holds (the last turn included), then generate one turn."""
+        s = self._slots[slot]
+        if s.running:
+            raise ValueError(f"slot {slot} is still generating; append after its turn ends")
+        if s.pending is None and not s.queued and not ids:
+            raise ValueError(f"slot {slot} is empty; use start()")
+        self._queue(slot, ids, max_new_tokens)
+
+    def free(self, slot: int) -> None:
+        self._slots[slot] = _Slot()
+
+    def slot_length(self, slot: int) -> int:
+        """Tokens of the slot's conversation so far (cached + pending)."""
+        s = self._slots[slot]
+        return s.length + (s.pending is not None) + len(s.queued)
+
+    @property
+    def busy(self) -> bool:
+        return any(s.running for s in self._slots)
+
+    def free_slots(self) -> list[int]:
+        return [i for i, s in enumerate(self._slots) if not s.running]
+
+    def step(self) -> list[Turn]:
+        """Prefill queued inserts, decode one chunk, return the turns that ended."""
+        finished = self._prefill_queued()
+        if any(s.running for s in self._slots):
+            finished += self._decode_chunk()
+        return finished
+
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[Turn]:
+        """One turn for each prompt, using the slots as a batch; results in prompt order."""
+        results: dict[int, Turn] = {}
+        todo = collections.deque(enumerate(prompts))
+        owner: dict[int, int] = {}
+        while todo or len(results) < len(prompts):
+            for slot in self.free_slots():
+                if not todo:
+                    break
+                idx, prompt = todo.popleft()
+                owner[slot] = idx
+                self.start(slot, prompt, max_new_tokens)
+            for turn in self.step():
+                results[owner[turn.slot]] = turn
+        return [results[i] for i in range(len(prompts))]
+
+    # ------------------------------------------------------------------ prefill
+
+    def _queue(self, slot: int, ids: Sequence[int], max_new_tokens: int) -> None:
+        s = self._slots[slot]
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        s.queued.extend(int(i) for i in ids)
+        s.budget = max_new_tokens
+        s.running = True
+        s.out_tokens, s.out_logprobs = [], []
+
+    def _prefill_queued(self) -> list[Turn]:
+        """Write queued tokens (after each slot's pending token) into the cache, in buckets."""
+        finished: list[Turn] = []
+        writes: dict[int, list[int]] = {}
+        for i, s in enumerate(self._slots):
+            if not s.queued:
+                continue
+            seq = ([s.pending] if s.pending is not None else []) + s.queued
+            s.queued = []
+            if s.length + len(seq) > self.cache_len:  # no room for even one sampled token
+                s.running = False
+                finished.append(Turn(i, [], [], FinishReason.CACHE_FULL))
+                s.pending = seq[-1]
+                continue
+            s.pending = seq[-1]
+            if len(seq) > 1:
+                writes[i] = seq[:-1]
+        longest = self.prefill_buckets[-1]
+        while writes:  # chunked: at most `longest` tokens per row per call
+            rows = sorted(writes)
+            pieces = {r: writes[r][:longest] for r in rows}
+            length = _bucket(max(len(p) for p in pieces.values()), self.prefill_buckets)
+            n = _bucket(len(rows), self.row_buckets)
+            tokens = np.zeros((n, length), np.int32)
+            starts = np.zeros((n,), np.int32)
+            row_ids = np.full((n,), self.num_slots, np.int32)  # out of range = padding row
+            for j, r in enumerate(rows):
+                tokens[j, : len(pieces[r])] = pieces[r]
+                starts[j] = self._slots[r].length
+                row_ids[j] = r
+            self._cache = self._prefill_fn(self._weights, self._cache, row_ids, tokens, starts)
+            for r in rows:
+                self._slots[r].length += len(pieces[r])
+                rest = writes[r][longest:]
+                if rest:
+                    writes[r] = rest
+                else:
+                    del writes[r]
+        return finished
+
+    def _prefill_impl(self, weights, cache: KVCache, row_ids, tokens, starts) -> KVCache:
+        self.compile_counts[f"prefill[{tokens.shape[0]}x{tokens.shape[1]}]"] += 1
+        model = nnx.merge(self._graphdef, weights)
+        gather_ids = jnp.where(row_ids < self.num_slots, row_ids, 0)
+        rows = tuple(LayerCache(c.k[gather_ids], c.v[gather_ids]) for c in cache)
+        _, rows = model.forward_cached(tokens, rows, starts)
+        return tuple(
+            LayerCache(c.k.at[row_ids].set(r.k, mode="drop"), c.v.at[row_ids].set(r.v, mode="drop"))
+            for c, r in zip(cache, rows)
+        )
+
+    # ------------------------------------------------------------------ decode
+
+    def _decode_chunk(self) -> list[Turn]:
+        slots = self._slots
+        lengths = np.array([s.length for s in slots], np.int32)
+        pending = np.array([s.pending if s.pending is not None else 0 for s in slots], np.int32)
+        running = np.array([s.running for s in slots], bool)
+        # How many more tokens each row may sample in this turn (budget and cache room).
+        room = np.array(
+            [min(s.budget - len(s.out_tokens), self.cache_len - s.length) if s.running else 0 for s in slots],
+            np.int32,
+        )
+        self._key, key = jax.random.split(self._key)
+        self._cache, out = self._decode_fn(self._weights, self._cache, lengths, pending, running, room, key)
+        tokens, logprobs, emitted, stopped, new_lengths = jax.device_get(out)
+
+        finished: list[Turn] = []
+        for i in np.flatnonzero(running):
+            s = slots[i]
+            n = int(emitted[:, i].sum())
+            new = tokens[:n, i].tolist()
+            before = len(s.out_tokens)
+            s.out_tokens += new
+            s.out_logprobs += logprobs[:n, i].tolist()
+            s.length = int(new_lengths[i])
+            if n:
+                s.pending = new[-1]
+            turn = None
+            if self.stop_strings and self._stop_string_candidates[new].any():
+                turn = self._cut_at_stop_string(i, before)
+            if turn is None and stopped[i]:
+                turn = Turn(i, s.out_tokens, s.out_logprobs, FinishReason.STOP_TOKEN, s.out_tokens[-1])
+            if turn is None and len(s.out_tokens) >= s.budget:
+                turn = Turn(i, s.out_tokens, s.out_logprobs, FinishReason.LENGTH)
+            if turn is None and s.length >= self.cache_len:
+                turn = Turn(i, s.out_tokens, s.out_logprobs, FinishReason.CACHE_FULL)
+            if turn is not None:
+                s.running = False
+                finished.append(turn)
+        return finished
+
+    def _decode_impl(self, weights, cache, lengths, pending, running, room, key):
+        self.compile_counts["decode"] += 1
+        model = nnx.merge(self._graphdef, weights)
+        stop_ids = jnp.asarray(self.stop_token_ids or (-1,), jnp.int32)
+
+        def body(carry, step_key):
+            cache, lengths, pending, running, room = carry
+            hidden, cache = model.forward_cached(pending[:, None], cache, lengths)
+            tok, lp = sample(model.logits(hidden[:, 0]), step_key, self.params)
+            emit = running
+            lengths = lengths + emit
+            pending = jnp.where(emit, tok, pending)
+            room = room - emit
+            hit_stop = emit & jnp.isin(tok, stop_ids)
+            running = running & ~hit_stop & (room > 0)
+            return (cache, lengths, pending, running, room), (tok, lp, emit, hit_stop)
+
+        keys = jax.random.split(key, self.chunk)
+        (cache, lengths, _, _, _), (tok, lp, emit, hit) = jax.lax.scan(
+            body, (cache, lengths, pending, running, room), keys
+        )
+        return cache, (tok, lp, emit, hit.any(axis=0), lengths)
+
+    # ------------------------------------------------------------------ stop strings
+
+    def _candidate_ids(self) -> np.ndarray:
+        """Tokens whose text contains the last character of some stop string."""
+        ends = {s[-1] for s in self.stop_strings}
+        vocab = self.cfg.vocab_size
+        texts = [self._decode_text([i]) for i in range(vocab)]
+        return np.array([any(c in t for c in ends) for t in texts], bool)
+
+    def _cut_at_stop_string(self, slot: int, checked: int) -> Turn | None:
+        """End the turn at the first stop string, if one was completed after token `checked`
+        (earlier tokens were checked in earlier chunks)."""
+        s = self._slots[slot]
+        text = self._decode_text(s.out_tokens)
+        hits = [(text.find(stop), stop) for stop in self.stop_strings if stop in text]
+        if not hits:
+            return None
+        _, stop = min(hits)
+        # The shortest prefix of tokens whose text contains the stop string.
+        keep = next(j for j in range(checked + 1, len(s.out_tokens) + 1) if stop in self._decode_text(s.out_tokens[:j]))
+        dropped = len(s.out_tokens) - keep
+        s.out_tokens, s.out_logprobs = s.out_tokens[:keep], s.out_logprobs[:keep]
+        s.length -= dropped  # cache entries past the new length are simply ignored
+        s.pending = s.out_tokens[-1]
+        return Turn(slot, s.out_tokens, s.out_logprobs, FinishReason.STOP_STRING, stop)
+
+
