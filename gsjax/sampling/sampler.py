@@ -95,7 +95,7 @@ class Sampler:
             raise ValueError("stop_strings need a `decode` function (token ids -> text)")
         self.cfg = model.cfg
         self.num_slots = num_slots
-        self.cache_len = cache_len  # usable tokens per slot
+        self.cache_len = cache_len  # the longest conversation a slot holds (prompt + all turns)
         self.params = params
         self.chunk = chunk
         self.prefill_buckets = tuple(sorted(prefill_buckets))
@@ -196,7 +196,7 @@ class Sampler:
                 continue
             seq = ([s.pending] if s.pending is not None else []) + s.queued
             s.queued = []
-            if s.length + len(seq) > self.cache_len:  # no room for even one sampled token
+            if s.length + len(seq) + 1 > self.cache_len:  # no room for even one sampled token
                 s.running = False
                 finished.append(Turn(i, [], [], FinishReason.CACHE_FULL))
                 s.pending = seq[-1]
@@ -247,7 +247,7 @@ class Sampler:
         running = np.array([s.running for s in slots], bool)
         # How many more tokens each row may sample in this turn (budget and cache room).
         room = np.array(
-            [min(s.budget - len(s.out_tokens), self.cache_len - s.length) if s.running else 0 for s in slots],
+            [min(s.budget - len(s.out_tokens), self.cache_len - 1 - s.length) if s.running else 0 for s in slots],
             np.int32,
         )
         self._key, key = jax.random.split(self._key)
@@ -272,7 +272,7 @@ class Sampler:
                 turn = Turn(i, s.out_tokens, s.out_logprobs, FinishReason.STOP_TOKEN, s.out_tokens[-1])
             if turn is None and len(s.out_tokens) >= s.budget:
                 turn = Turn(i, s.out_tokens, s.out_logprobs, FinishReason.LENGTH)
-            if turn is None and s.length >= self.cache_len:
+            if turn is None and s.length + 1 >= self.cache_len:
                 turn = Turn(i, s.out_tokens, s.out_logprobs, FinishReason.CACHE_FULL)
             if turn is not None:
                 s.running = False
