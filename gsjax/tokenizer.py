@@ -134,6 +134,9 @@ class Tokenizer:
                 raise ValueError(f"{str(config_file)!r} is not valid JSON: {e}") from e
             eos = _token_content(config.get("eos_token")) or eos
             pad = _token_content(config.get("pad_token")) or pad
+        for name, token in (("eos_token", eos), ("pad_token", pad)):
+            if backend.token_to_id(token) is None:
+                raise ValueError(f"{name} {token!r} (from {str(config_file)!r} or the default) is not in {str(file)!r}")
         return cls(backend, eos_token=eos, pad_token=pad)
 
     @classmethod
