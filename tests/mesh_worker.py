@@ -63,6 +63,17 @@ def run(mesh=None):
     return float(loss), flat, shardings
 
 
+def greedy_tokens(mesh=None):
+    from gsjax.sampling import Sampler, SamplingParams
+
+    model = Qwen3(CFG, rngs=nnx.Rngs(0))
+    if mesh is not None:
+        shard_module(model, mesh)
+    sampler = Sampler(model, num_slots=8, cache_len=64, params=SamplingParams(temperature=0.0), mesh=mesh)
+    prompts = [batch()[0][i, : 5 + i].tolist() for i in range(8)]
+    return [t.tokens for t in sampler.generate(prompts, max_new_tokens=12)]
+
+
 def main():
     assert len(jax.devices()) == 8, jax.devices()
     ref_loss, ref_grads, _ = run()
@@ -75,6 +86,10 @@ def main():
             "grad_err": grad_err, "grad_norm": float(np.sqrt(sum((g**2).sum() for g in ref_grads.values()))),
             "q_proj_spec": shardings["layers/0/self_attn/q_proj"], "embed_spec": shardings["embed"],
         }), flush=True)
+    ref_tokens = greedy_tokens()
+    for shape in [(2, 2, 2), (1, 1, 8)]:
+        mesh = make_mesh(dict(zip(("data", "fsdp", "tp"), shape)))
+        print(json.dumps({"sampling_mesh": shape, "same_tokens": greedy_tokens(mesh) == ref_tokens}), flush=True)
     return 0
 
 

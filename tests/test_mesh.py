@@ -21,7 +21,7 @@ def mesh_results():
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    return {tuple(r["mesh"]): r for r in rows}
+    return {tuple(r.get("mesh") or ("sampling",) + tuple(r["sampling_mesh"])): r for r in rows}
 
 
 @pytest.mark.parametrize("shape", [(8, 1, 1), (2, 2, 2), (1, 1, 8)])
@@ -30,6 +30,11 @@ def test_forward_backward_on_mesh_equals_one_device(mesh_results, shape):
     assert r["grad_norm"] > 0.1  # the gradients being compared are not trivially zero
     assert r["loss_err"] <= 1e-5, r
     assert r["grad_err"] <= 1e-5, r
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 2), (1, 1, 8)])
+def test_greedy_sampling_on_mesh_equals_one_device(mesh_results, shape):
+    assert mesh_results[("sampling",) + shape]["same_tokens"] is True
 
 
 def test_parameters_really_are_sharded(mesh_results):

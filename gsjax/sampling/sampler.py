@@ -19,6 +19,7 @@ number of compilations stays fixed after warm-up (`compile_counts` counts traces
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import enum
 from collections.abc import Callable, Sequence
@@ -90,6 +91,7 @@ class Sampler:
         prefill_buckets: Sequence[int] = (16, 32, 64, 128, 256, 512),
         chunk: int = 16,
         seed: int = 0,
+        mesh: jax.sharding.Mesh | None = None,
     ):
         if stop_strings and decode is None:
             raise ValueError("stop_strings need a `decode` function (token ids -> text)")
@@ -106,17 +108,22 @@ class Sampler:
         self._stop_string_candidates = self._candidate_ids() if stop_strings else None
         self.compile_counts: collections.Counter[str] = collections.Counter()
 
+        self.mesh = mesh  # slots and the cache are sharded over it by their logical axes
         self._graphdef, self._weights = nnx.split(model)
         # Padding the cache by one prefill bucket keeps every (padded) write inside it.
-        self._cache: KVCache = jax.jit(init_cache, static_argnums=(0, 1, 2))(
-            self.cfg, num_slots, cache_len + self.prefill_buckets[-1]
-        )
+        with self._on_mesh():
+            self._cache: KVCache = jax.jit(init_cache, static_argnums=(0, 1, 2))(
+                self.cfg, num_slots, cache_len + self.prefill_buckets[-1]
+            )
         self._key = jax.random.key(seed)
         self._slots = [_Slot() for _ in range(num_slots)]
         self._prefill_fn = jax.jit(self._prefill_impl, donate_argnums=(1,))
         self._decode_fn = jax.jit(self._decode_impl, donate_argnums=(1,))
 
     # ------------------------------------------------------------------ public API
+
+    def _on_mesh(self):
+        return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
 
     def update_weights(self, model: Qwen3) -> None:
         """Sample from `model`'s current parameters from now on (after a training step)."""
@@ -217,7 +224,8 @@ class Sampler:
                 tokens[j, : len(pieces[r])] = pieces[r]
                 starts[j] = self._slots[r].length
                 row_ids[j] = r
-            self._cache = self._prefill_fn(self._weights, self._cache, row_ids, tokens, starts)
+            with self._on_mesh():
+                self._cache = self._prefill_fn(self._weights, self._cache, row_ids, tokens, starts)
             for r in rows:
                 self._slots[r].length += len(pieces[r])
                 rest = writes[r][longest:]
@@ -251,7 +259,8 @@ class Sampler:
             np.int32,
         )
         self._key, key = jax.random.split(self._key)
-        self._cache, out = self._decode_fn(self._weights, self._cache, lengths, pending, running, room, key)
+        with self._on_mesh():
+            self._cache, out = self._decode_fn(self._weights, self._cache, lengths, pending, running, room, key)
         tokens, logprobs, emitted, stopped, new_lengths = jax.device_get(out)
 
         finished: list[Turn] = []
