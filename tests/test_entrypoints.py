@@ -1,0 +1,37 @@
+"""The main job's embedded default, the config loader and the quickstart notebook run end to end."""
+
+import runpy
+from pathlib import Path
+
+import pytest
+
+from gsjax import config as config_lib
+from gsjax import sample
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_sample_job_runs_two_turns_on_its_default(capsys):
+    cfg = config_lib.load(str(ROOT / "configs/sample.py"), max_new_tokens=20, num_samples=2)
+    summary = sample.run(cfg)
+    out = capsys.readouterr().out
+    assert "slot 0, turn 2 after a tool observation" in out
+    assert 2 <= summary["new_tokens"] <= 4 * 20
+    assert summary["compilations"]["decode"] == 1  # the decode loop compiled once for both turns
+
+
+def test_config_presets_and_overrides():
+    cfg = config_lib.load(str(ROOT / "configs/sample.py") + ":qwen3_8b", model__path="/ckpt", cache_len=64)
+    assert cfg.model.dtype == "bfloat16" and cfg.model.path == "/ckpt" and cfg.cache_len == 64
+    with pytest.raises(ValueError, match="unknown preset 'nope'"):
+        config_lib.load(str(ROOT / "configs/sample.py") + ":nope")
+    with pytest.raises(KeyError, match="no field 'model.bogus'"):
+        config_lib.load(str(ROOT / "configs/sample.py"), model__bogus=1)
+    with pytest.raises(FileNotFoundError, match="missing.py"):
+        config_lib.load("configs/missing.py")
+
+
+def test_quickstart_notebook_executes(capsys):
+    runpy.run_path(str(ROOT / "notebooks/quickstart.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "compilations:" in out and "turn 2:" in out
