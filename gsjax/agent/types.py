@@ -80,3 +80,36 @@ class FormatError:
 
 
 Action = ToolCall | Answer | FormatError
+
+
+class ImageRegistry:
+    """Per-trajectory image ids. Every image a tool shows gets `IMG_001`, `IMG_002`... in order of
+    first appearance; the same image (same local path or same URL) keeps its id across searches."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, ImageRef] = {}
+        self._by_key: dict[str, str] = {}
+
+    def register(self, path: str, url: str = "", title: str = "", page_url: str = "") -> ImageRef:
+        for key in (path, url):
+            if key and key in self._by_key:
+                return self._by_id[self._by_key[key]]
+        img_id = f"IMG_{len(self._by_id) + 1:03d}"
+        ref = ImageRef(img_id, path, url, title, page_url)
+        self._by_id[img_id] = ref
+        for key in (path, url):
+            if key:
+                self._by_key[key] = img_id
+        return ref
+
+    def get(self, img_id: str) -> ImageRef | None:
+        return self._by_id.get(img_id)
+
+    def __contains__(self, img_id: str) -> bool:
+        return img_id in self._by_id
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def all(self) -> list[ImageRef]:
+        return list(self._by_id.values())
