@@ -86,6 +86,23 @@ def main():
             "grad_err": grad_err, "grad_norm": float(np.sqrt(sum((g**2).sum() for g in ref_grads.values()))),
             "q_proj_spec": shardings["layers/0/self_attn/q_proj"], "embed_spec": shardings["embed"],
         }), flush=True)
+    # A sharded model exports to the same Hugging Face folder as an unsharded one.
+    import tempfile
+
+    from gsjax.models import hf_io
+
+    sharded = Qwen3(CFG, rngs=nnx.Rngs(0))
+    mesh = make_mesh({"data": 1, "fsdp": 2, "tp": 4})
+    shard_module(sharded, mesh)
+    folder = tempfile.mkdtemp()
+    hf_io.save_model(sharded, folder)
+    reloaded = hf_io.load_model(folder)
+    tokens = jnp.asarray(batch()[0])
+    same = bool(np.array_equal(np.asarray(reloaded(tokens)), np.asarray(Qwen3(CFG, rngs=nnx.Rngs(0))(tokens))))
+    placed = hf_io.load_model(folder, mesh)
+    spec = str(placed.layers[0].mlp.gate_proj[...].sharding.spec)
+    print(json.dumps({"export_from_mesh_same": same, "loaded_gate_spec": spec}), flush=True)
+
     ref_tokens = greedy_tokens()
     for shape in [(2, 2, 2), (1, 1, 8)]:
         mesh = make_mesh(dict(zip(("data", "fsdp", "tp"), shape)))

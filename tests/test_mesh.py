@@ -21,7 +21,15 @@ def mesh_results():
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    return {tuple(r.get("mesh") or ("sampling",) + tuple(r["sampling_mesh"])): r for r in rows}
+    results = {}
+    for r in rows:
+        if "mesh" in r:
+            results[tuple(r["mesh"])] = r
+        elif "sampling_mesh" in r:
+            results[("sampling",) + tuple(r["sampling_mesh"])] = r
+        else:
+            results["export"] = r
+    return results
 
 
 @pytest.mark.parametrize("shape", [(8, 1, 1), (2, 2, 2), (1, 1, 8)])
@@ -35,6 +43,19 @@ def test_forward_backward_on_mesh_equals_one_device(mesh_results, shape):
 @pytest.mark.parametrize("shape", [(2, 2, 2), (1, 1, 8)])
 def test_greedy_sampling_on_mesh_equals_one_device(mesh_results, shape):
     assert mesh_results[("sampling",) + shape]["same_tokens"] is True
+
+
+def test_sharded_model_exports_and_loads_back_onto_a_mesh(mesh_results):
+    assert mesh_results["export"]["export_from_mesh_same"] is True
+    assert mesh_results["export"]["loaded_gate_spec"] == "P('fsdp', 'tp')"
+
+
+def test_single_host_initialisation_is_a_no_op(monkeypatch):
+    from gsjax.parallel import initialize_distributed
+
+    for var in ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES"):
+        monkeypatch.delenv(var, raising=False)
+    assert initialize_distributed() is False
 
 
 def test_parameters_really_are_sharded(mesh_results):
