@@ -15,7 +15,7 @@ class Termination(str, enum.Enum):
     """Every way an episode ends (the reference's names in comments)."""
 
     ANSWER = "answer"  # a valid <answer> (ENV_DONE)
-    MAX_ROUNDS = "max_rounds"  # out of rounds and the forced final step gave no answer either
+    MAX_ROUNDS = "max_rounds"  # out of rounds, ended by a caller that skips the forced final step
     MAX_TOKENS = "max_tokens"  # the conversation outgrew its token limit (max_response_length_exceeded)
     REPEATED = "repeated"  # identical consecutive turns, or two too-long turns in a row (repeated_response)
     PARSE_FAILED = "parse_failed"  # an <answer> that is not valid (answer_parse_failed)
