@@ -1,0 +1,1 @@
+"""Reinforcement learning: GRPO math (grpo.py) and, later, the trainer."""
