@@ -21,10 +21,15 @@ def token_logprobs(
     Aligned with the tokens so a per-token loss mask of the same shape applies directly. With a
     temperature the logits are divided by it first, as the sampler does.
     """
-    logits = model(tokens, positions, segment_ids)[:, :-1] / temperature
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    picked = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
-    return jnp.pad(picked, ((0, 0), (1, 0)))
+    logits = model(tokens, positions, segment_ids)
+    if temperature != 1.0:
+        logits = logits / temperature
+    # Score every position against the next token (the last one against a dummy 0), then shift
+    # the small [B, T] result instead of slicing the vocab-sized logits.
+    targets = jnp.pad(tokens[:, 1:], ((0, 0), (0, 1)))
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    next_logp = picked - jax.nn.logsumexp(logits, axis=-1)
+    return jnp.pad(next_logp[:, :-1], ((0, 0), (1, 0)))
 
 
 def masked_mean_nll(logprobs: jax.Array, mask: jax.Array) -> jax.Array:

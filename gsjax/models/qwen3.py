@@ -136,9 +136,12 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
 
 
 def _write_rows(cache: jax.Array, new: jax.Array, starts: jax.Array) -> jax.Array:
-    """cache[b, starts[b]:starts[b]+T] = new[b] for every row b."""
-    write = lambda c, n, s: jax.lax.dynamic_update_slice(c, n.astype(c.dtype), (s, 0, 0))  # noqa: E731
-    return jax.vmap(write)(cache, new, starts)
+    """cache[b, starts[b] + t] = new[b, t] for every row b; positions past the cache are dropped
+    (padding of a bucketed prefill), never clamped onto earlier entries."""
+    b, t = new.shape[:2]
+    rows = jnp.broadcast_to(jnp.arange(b)[:, None], (b, t))
+    cols = starts[:, None] + jnp.arange(t)[None, :]
+    return cache.at[rows, cols].set(new.astype(cache.dtype), mode="drop")
 
 
 class Attention(nnx.Module):

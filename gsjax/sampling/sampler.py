@@ -110,11 +110,8 @@ class Sampler:
 
         self.mesh = mesh  # slots and the cache are sharded over it by their logical axes
         self._graphdef, self._weights = nnx.split(model)
-        # Padding the cache by one prefill bucket keeps every (padded) write inside it.
         with self._on_mesh():
-            self._cache: KVCache = jax.jit(init_cache, static_argnums=(0, 1, 2))(
-                self.cfg, num_slots, cache_len + self.prefill_buckets[-1]
-            )
+            self._cache: KVCache = jax.jit(init_cache, static_argnums=(0, 1, 2))(self.cfg, num_slots, cache_len)
         self._key = jax.random.key(seed)
         self._slots = [_Slot() for _ in range(num_slots)]
         self._prefill_fn = jax.jit(self._prefill_impl, donate_argnums=(1,))
