@@ -4,14 +4,26 @@ Every contender is warmed up, then timed in interleaved rounds (A, B, A, B, ...)
 other processes hits all of them alike. Results are ratios: each round gives one paired ratio
 (baseline seconds / contender seconds), and the reported ratio is the median over rounds, with the
 range across rounds as its spread. Absolute times are printed only as context.
+
+Also the one model setup both benchmarks share: flags for a tiny Qwen3, and the gsjax model with
+its transformers twin holding the same weights.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+
+import torch
+import transformers
+from flax import nnx
+
+from gsjax.models.hf_io import save_model
+from gsjax.models.qwen3 import Qwen3, Qwen3Config, tiny_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,5 +109,39 @@ def print_table(timings: Sequence[Timing], *, work: float, unit: str, baseline: 
             f"{t.name:<{width}}  {work / t.median:>12.1f}  {t.median:>9.4f}  {min(t.seconds):>9.4f}"
             f"  {max(t.seconds):>9.4f}  {spread:>16}"
         )
-    print(f"({len(timings[0].seconds)} interleaved rounds; ratio = median of per-round {baseline} s / row s, [min-max])")
+    rounds = len(timings[0].seconds)
+    print(f"({rounds} interleaved rounds; ratio = median of per-round {baseline} s / row s, [min-max])")
     return ratios
+
+
+# ----------------------------------------------------------------------------- the two models
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags for the tiny Qwen3 both benchmarks run (defaults: the offline world's size)."""
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--kv-heads", type=int, default=2)
+    parser.add_argument("--head-dim", type=int, default=32)
+    parser.add_argument("--mlp", type=int, default=512)
+    parser.add_argument("--vocab", type=int, default=2048)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def model_config(args: argparse.Namespace) -> Qwen3Config:
+    return tiny_config(
+        num_layers=args.layers, hidden_size=args.hidden, num_heads=args.heads, num_kv_heads=args.kv_heads,
+        head_dim=args.head_dim, intermediate_size=args.mlp, vocab_size=args.vocab,
+    )
+
+
+def twin_models(cfg: Qwen3Config, seed: int) -> tuple[Qwen3, torch.nn.Module]:
+    """A gsjax Qwen3 and transformers' Qwen3ForCausalLM (float32) holding the same weights: the
+    gsjax model is written with `save_model` and read back with `from_pretrained`."""
+    model = Qwen3(cfg, rngs=nnx.Rngs(seed))
+    transformers.utils.logging.disable_progress_bar()
+    with tempfile.TemporaryDirectory() as folder:
+        save_model(model, folder)
+        reference = transformers.Qwen3ForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    return model, reference

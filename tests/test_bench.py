@@ -1,0 +1,46 @@
+"""The benchmarks run end to end at toy sizes and their sanity checks hold."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from gsjax.bench import common, sampler, train_step
+
+TOY_MODEL = [
+    "--layers", "1", "--hidden", "32", "--heads", "2", "--kv-heads", "1", "--head-dim", "16", "--mlp", "64",
+    "--vocab", "128",
+]
+ONE_ROUND = ["--repeats", "1", "--warmup", "0"]
+
+
+def test_interleaved_alternates_contenders_after_warmup():
+    calls = []
+    timings = common.interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1, pause=0.0
+    )
+    assert calls == ["a", "b"] * 4
+    assert [len(t.seconds) for t in timings.values()] == [3, 3]
+
+
+def test_paired_ratio_is_the_median_of_per_round_speedups():
+    fast = common.Timing("fast", (1.0, 2.0, 1.0))
+    slow = common.Timing("slow", (3.0, 2.0, 4.0))
+    assert common.paired_ratio(fast, slow) == common.Ratio("fast", "slow", median=3.0, low=1.0, high=4.0)
+
+
+@pytest.mark.slow
+def test_sampler_bench_generates_the_same_ids_as_torch(capsys):
+    result = sampler.main(["--batch", "2", "--prompt-len", "8", "--new-tokens", "12", *ONE_ROUND, *TOY_MODEL])
+    assert result.outputs_match
+    assert math.isfinite(result.ratio.median) and result.ratio.median > 0
+    assert "generated ids identical: True" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_train_step_bench_starts_and_ends_at_the_same_loss_as_torch():
+    result = train_step.main(["--batch", "2", "--seq", "16", *ONE_ROUND, *TOY_MODEL])
+    assert math.isfinite(result.ratio.median) and result.ratio.median > 0
+    assert math.isclose(*result.initial_loss, abs_tol=1e-5)
+    assert math.isclose(*result.final_loss, abs_tol=1e-4)
