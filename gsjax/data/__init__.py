@@ -1,0 +1,1 @@
+"""Data: the released formats (formats.py); pipelines and synthesis come later."""
