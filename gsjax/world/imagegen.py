@@ -5,7 +5,8 @@ answer gives a closer image.
 - Each reference image is recognised by its pixels (nearest neighbour among the world's photos at
   16x16, like an edit model's image encoder), which gives the looks of the subject it shows.
 - The text of gen_prompt is split at the ordinal phrases ("the first reference image", "the second
-  ..."); each subject's part may describe its looks in the world's attribute words.
+  ..."); each subject's part may describe its looks in the world's attribute words, and subjects
+  are drawn left to right in the order the prompt mentions them.
 - A subject the prompt describes completely is drawn from that description. A subject only shown
   by a reference image is copied loosely: its shape and main colour are kept, its details are lost
   (plain, a neutral second colour, a stock glyph), as an edit model keeps a reference's gist
@@ -66,9 +67,9 @@ class WorldImageGenerator:
         return self._signatures[best] if dist[best] <= _RECOGNITION_LIMIT else None
 
     def generate(self, gen_prompt: str, ref_paths: Sequence[str]) -> Image.Image:
-        parts = _subject_parts(gen_prompt, max(1, min(len(ref_paths), 2)))
+        parts = subject_parts(gen_prompt, max(1, min(len(ref_paths), 2)))
         subjects = []
-        for i, part in enumerate(parts):
+        for i, part in parts:
             described = signature_from_text(part)
             seen = self.recognise(ref_paths[i]) if i < len(ref_paths) else None
             if described is not None:
@@ -81,20 +82,22 @@ class WorldImageGenerator:
         return render_scene(subjects, scenes[0] if scenes else "poster", _text(gen_prompt))
 
 
-def _subject_parts(gen_prompt: str, n: int) -> list[str]:
-    """The part of gen_prompt about each of the n subjects: split at the ordinal phrases; with
-    none, the whole prompt describes the first subject."""
+def subject_parts(gen_prompt: str, n: int) -> list[tuple[int, str]]:
+    """Up to n (reference index, text) pairs, one per subject, in the order gen_prompt mentions
+    them (left to right in the picture): the text runs from an ordinal phrase ("the second
+    reference image") to the next. With no ordinal phrase, the whole prompt describes the first
+    reference's subject and any other reference stands undescribed."""
+    ordinals = ["first", "second", "third", "fourth"]
     marks = list(_ORDINAL.finditer(gen_prompt))
     if not marks:
-        return [gen_prompt] + [""] * (n - 1)
-    ordinals = ["first", "second", "third", "fourth"]
-    parts = [""] * n
+        return [(0, gen_prompt)] + [(i, "") for i in range(1, n)]
+    parts: list[tuple[int, str]] = []
     for j, m in enumerate(marks):
         idx = ordinals.index(m.group(1).lower())
         end = marks[j + 1].start() if j + 1 < len(marks) else len(gen_prompt)
-        if idx < n:
-            parts[idx] += gen_prompt[m.start():end]
-    return parts
+        if all(idx != k for k, _ in parts):
+            parts.append((idx, gen_prompt[m.start():end]))
+    return parts[:n]
 
 
 def _loose_copy(sig: Signature) -> Signature:

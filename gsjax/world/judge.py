@@ -21,7 +21,7 @@ from PIL import Image
 from gsjax.agent.types import Answer, ImageRef
 from gsjax.rewards.judge_parse import snap_text_score
 from gsjax.rewards.types import JudgeScores, TextScore
-from gsjax.world.imagegen import _subject_parts
+from gsjax.world.imagegen import subject_parts
 from gsjax.world.prompts import AnswerKey
 from gsjax.world.render import render_scene
 from gsjax.world.vocab import Signature, signature_from_text
@@ -88,9 +88,10 @@ class WorldJudge:
             return key
         by_id = {im.img_id: im for im in images}
         notes = " ".join(r.note + " " + getattr(by_id.get(r.img_id), "title", "") for r in answer.references)
-        parts = _subject_parts(answer.gen_prompt, len(key.signatures))
+        parts = subject_parts(answer.gen_prompt, len(key.signatures))
         checks = []
-        for name, sig, part in zip(key.names, key.signatures, parts):
+        parts += [(-1, "")] * (len(key.names) - len(parts))  # subjects the answer never describes
+        for name, sig, (_, part) in zip(key.names, key.signatures, parts):
             checks.append(name.lower() in (answer.gen_prompt + " " + notes).lower())
             checks.append(signature_from_text(part) == sig)
         if key.text:

@@ -1,0 +1,228 @@
+"""A scripted expert that solves world prompts through the agent's real tool interface.
+
+It follows the hop path of a prompt's answer key (search the clue, browse the page that names the
+subject, look the subject up, image-search it, answer), but it only moves on with what the tools
+actually show it: the page to browse is taken from a search result's link, each subject's name
+and looks must appear in what it read, and each reference image is the IMG id whose search result
+title names the subject. When the tools do not reveal something it needs, it answers with what it
+has (and fails the item) instead of using hidden knowledge. Its episodes run through `Episode`, so
+they end in the same terminations and messages a policy's would, and they become sft_data.json
+examples (sharegpt) with the tool responses' image placeholders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from gsjax.agent.episode import Done, Episode, RunTool
+from gsjax.agent.protocol import AgentLimits, render_answer, render_tool_call
+from gsjax.agent.types import Answer, AnswerRef, ImageRegistry, Termination, ToolCall, ToolResult
+from gsjax.data.formats import Message, SFTExample
+from gsjax.world.prompts import AnswerKey, read_truth
+
+RunToolFn = Callable[[ToolCall, ImageRegistry], ToolResult]
+_ORDINALS = ("first", "second", "third", "fourth")
+_IMG_LINE = re.compile(r"^(IMG_\d{3}): title: (.*)$", re.MULTILINE)
+
+
+@dataclasses.dataclass
+class ExpertResult:
+    key: AnswerKey
+    episode: Episode
+    found_all: bool  # every fact and image the key needs was read from the tools
+    missing: list[str]
+
+
+def _link_for(observation: str, page: str) -> str | None:
+    """The full link of a search result whose URL ends with the site path `page`."""
+    for match in re.finditer(r"\]\((\S+?)\)", observation):
+        if match.group(1).endswith(page):
+            return match.group(1)
+    return None
+
+
+def _image_for(observation: str, name: str) -> str | None:
+    for img_id, title in _IMG_LINE.findall(observation):
+        if name.lower() in title.lower():
+            return img_id
+    return None
+
+
+class _Script:
+    """Drives one Episode turn by turn, recording what the expert could not find."""
+
+    def __init__(self, key: AnswerKey, run_tool: RunToolFn, today: datetime.date, limits: AgentLimits):
+        self.key, self.run_tool = key, run_tool
+        self.episode = Episode(key.prompt, today, limits)
+        self.missing: list[str] = []
+        self.read: list[str] = []  # every observation so far
+
+    def call(self, think: str, call: ToolCall) -> str:
+        step = self.episode.on_assistant(f"<think>{think}</think>\n{render_tool_call(call)}", "stop")
+        if not isinstance(step, RunTool):
+            raise RuntimeError(f"expert's tool call was not accepted: {step}")
+        result = self.run_tool(step.call, self.episode.registry)
+        self.episode.on_tool_result(result)
+        self.read.append(result.text)
+        return result.text
+
+    def seen(self, text: str) -> bool:
+        return any(text.lower() in obs.lower() for obs in self.read)
+
+
+def schedule(steps) -> list[list]:
+    """The key's steps as tool calls: each subject's chain (ending at its image search) is
+    interleaved with the others' step by step, and neighbouring searches share one call (the
+    search tool takes several queries), so two two-hop subjects fit in the round limit."""
+    chains, current = [], []
+    for step in steps:
+        current.append(step)
+        if step.tool == "image_search":
+            chains.append(current)
+            current = []
+    if current:
+        chains.append(current)
+    waves = [c[i] for i in range(max(map(len, chains), default=0)) for c in chains if i < len(c)]
+    calls: list[list] = []
+    for step in waves:
+        if step.tool == "search" and calls and calls[-1][0].tool == "search":
+            calls[-1].append(step)
+        else:
+            calls.append([step])
+    return calls
+
+
+def solve(key: AnswerKey, run_tool: RunToolFn, today: datetime.date, limits: AgentLimits = AgentLimits()) -> ExpertResult:
+    s = _Script(key, run_tool, today, limits)
+    refs: list[AnswerRef] = []
+    for group in schedule(key.steps):
+        step = group[0]
+        if step.tool == "search":
+            queries = [g.query for g in group]
+            s.call(f"I should search for {' and '.join(map(repr, queries))} to learn what the prompt refers to.",
+                   ToolCall("search", {"queries": queries, "top_k": 5}))
+        elif step.tool == "browse":
+            link = None
+            for obs in reversed(s.read):
+                link = _link_for(obs, step.url)
+                if link:
+                    break
+            if link is None:
+                s.missing.append(f"no search result linked to {step.url}")
+                continue
+            s.call(f"The result {link} should answer this; I will read it.",
+                   ToolCall("browse", {"url": link, "query": step.query}))
+        elif step.tool == "image_search":
+            s.call(f"Now I need a photo of {step.query} to use as a reference.",
+                   ToolCall("image_search", {"query": step.query, "top_k": 5}))
+            subject = next(n for n in key.names if n.lower() in step.query.lower())
+            img_id = _image_for(s.read[-1], subject)
+            if img_id is None:
+                s.missing.append(f"no image of {subject}")
+                continue
+            refs.append(AnswerRef(img_id, subject))
+        else:
+            raise ValueError(f"answer key {key.id}: unknown tool {step.tool!r}")
+
+    for name, sig in zip(key.names, key.signatures):
+        if not s.seen(name):
+            s.missing.append(f"name {name} never seen")
+        if not s.seen(sig.describe()):
+            s.missing.append(f"looks of {name} never read")
+    if key.text and not s.seen(key.text):
+        s.missing.append(f"text {key.text!r} never read")
+
+    answer = Answer(_ordered_prompt(key, refs) if refs else "", tuple(sorted(refs, key=lambda r: r.img_id)))
+    think = "I have what the picture needs: the subject, its looks" + (" and the text." if key.text else ".")
+    final = s.episode.on_assistant(f"<think>{think}</think>\n{render_answer(answer)}", "stop")
+    if not isinstance(final, Done):  # an answer is never a tool error; kept total all the same
+        s.episode.abort(Termination.NO_ANSWER)
+    return ExpertResult(key, s.episode, not s.missing, s.missing)
+
+
+def _ordered_prompt(key: AnswerKey, refs: list[AnswerRef]) -> str:
+    """The key's gen_prompt with its ordinals renumbered for the references sorted by img_id (the
+    protocol's rule): subject i's "(the first reference image)" becomes the ordinal of its image."""
+    rank = {r.note: j for j, r in enumerate(sorted(refs, key=lambda r: r.img_id))}
+    prompt = key.gen_prompt
+    for i, name in enumerate(key.names):
+        prompt = prompt.replace(f"(the {_ORDINALS[i]} reference image)", f"(the #{i} reference image)")
+    for i, name in enumerate(key.names):
+        j = rank.get(name)
+        word = _ORDINALS[j] if j is not None else "missing"
+        prompt = prompt.replace(f"(the #{i} reference image)", f"(the {word} reference image)")
+    return prompt
+
+
+def is_correct(result: ExpertResult, image_urls: dict[str, str] | None = None) -> bool:
+    """Exact entity match: the episode ended with an answer whose references are, in order, photos
+    of the key's subjects, and whose gen_prompt is non-empty. (The world judge scores more finely.)"""
+    ep = result.episode
+    if ep.answer is None or not ep.answer.gen_prompt.strip():
+        return False
+    key = result.key
+    if len(ep.answer.references) != len(key.names):
+        return False
+    for i, name in enumerate(key.names):  # "<name> ... (the <ordinal> reference image)"
+        m = re.search(re.escape(name) + r"[^()]*\(the (\w+) reference image\)", ep.answer.gen_prompt)
+        if m is None or m.group(1) not in _ORDINALS[: len(key.names)]:
+            return False
+        img = ep.registry.get(ep.answer.references[_ORDINALS.index(m.group(1))].img_id)
+        if img is None or not any(img.url.endswith(p) for p in key.reference_images[i]):
+            return False
+    return True
+
+
+def to_sft_example(episode: Episode) -> SFTExample:
+    """The episode as a sharegpt sft_data.json example: each attached image becomes an `<image>`
+    marker at the start of its tool-response user message, and its path joins `images`."""
+    messages: list[Message] = []
+    images: list[str] = []
+    for m in episode.messages:
+        content = m["content"]
+        attached = m.get("images") or []
+        if attached:
+            content = "<image>" * len(attached) + content
+            images.extend(attached)
+        messages.append(Message(m["role"], content))
+    return SFTExample(tuple(messages), tuple(images))
+
+
+def solve_split(world_dir: Path, split: str, toolbox, today: datetime.date, limit: int | None = None,
+                progress: bool = True) -> list[ExpertResult]:
+    """The expert over one split's answer keys, tool calls through `toolbox`."""
+    from tqdm import tqdm
+
+    keys = [k for k in read_truth(Path(world_dir) / "truth.json").values() if k.split == split][:limit]
+    return [solve(k, toolbox.run, today) for k in tqdm(keys, desc=f"expert on {split}", disable=not progress)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    from gsjax.agent.tools import ToolsConfig, build_toolbox
+    from gsjax.data.formats import write_sft_data
+
+    parser = argparse.ArgumentParser(description="Run the scripted expert over a built world and write sft_data.json.")
+    parser.add_argument("--world", required=True, help="a folder built by python -m gsjax.world.build")
+    parser.add_argument("--split", default="train", choices=("train", "eval"))
+    parser.add_argument("--out", default="", help="sft_data.json to write (default: WORLD/sft_data_<split>.json)")
+    parser.add_argument("--limit", type=int, default=None)
+    args = parser.parse_args(argv)
+    world = Path(args.world)
+    image_dir = world / "tool_images" if args.out == "" else Path(args.out).parent / "tool_images"
+    with build_toolbox(ToolsConfig(backend="local", world_dir=str(world), image_dir=str(image_dir))) as toolbox:
+        results = solve_split(world, args.split, toolbox, datetime.date.today(), args.limit)
+    solved = [r for r in results if is_correct(r)]
+    out = Path(args.out) if args.out else world / f"sft_data_{args.split}.json"
+    write_sft_data(out, [to_sft_example(r.episode) for r in solved])
+    print(f"expert solved {len(solved)} of {len(results)} {args.split} prompts "
+          f"({100 * len(solved) / max(1, len(results)):.1f}%); wrote {len(solved)} trajectories to {out}")
+
+
+if __name__ == "__main__":
+    main()

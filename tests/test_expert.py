@@ -1,0 +1,97 @@
+"""The scripted expert solves held-out world prompts through the real tools, in process and over
+loopback HTTP; its trajectories round-trip through sft_data.json and score high rewards."""
+
+import datetime
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+
+from gsjax.agent.tools import ToolsConfig, build_toolbox, tool_error
+from gsjax.agent.types import Termination
+from gsjax.data.formats import read_sft_data, write_sft_data
+from gsjax.rewards.compute import RewardComputer, RewardInput
+from gsjax.rewards.generator import WorldGenerator
+from gsjax.rewards.judge import WorldJudgeBackend
+from gsjax.world.build import build_world
+from gsjax.world.corpus import Corpus
+from gsjax.world.prompts import read_truth
+from gsjax.world.expert import is_correct, schedule, solve, solve_split, to_sft_example
+from gsjax.world.serve import Fault, start_server
+
+TODAY = datetime.date(2026, 11, 23)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    build_world(root, seed=11, n_train_entities=150, n_eval_entities=300, n_train_prompts=20, n_eval_prompts=200)
+    return root
+
+
+@pytest.fixture(scope="module")
+def eval_results(world, tmp_path_factory):
+    cfg = ToolsConfig(backend="local", world_dir=str(world), image_dir=str(tmp_path_factory.mktemp("img")))
+    with build_toolbox(cfg) as toolbox:
+        return solve_split(world, "eval", toolbox, TODAY, progress=False)
+
+
+def test_expert_solves_at_least_95_percent_of_held_out_prompts(eval_results, capsys):
+    solved = sum(map(is_correct, eval_results))
+    with capsys.disabled():
+        print(f"\nexpert (local tools): {solved} of {len(eval_results)} held-out prompts solved")
+    assert len(eval_results) == 200
+    assert solved / len(eval_results) >= 0.95
+    assert all(r.episode.termination is Termination.ANSWER for r in eval_results)
+    assert max(len(schedule(r.key.steps)) for r in eval_results) <= 8  # within the reference's 8 tool calls
+
+
+def test_expert_over_loopback_http_with_latency(world, tmp_path):
+    url, stop = start_server(Corpus.load(world), [Fault("/", "latency", seconds=0.01)])
+    try:
+        host = urlparse(url).netloc
+        cfg = ToolsConfig(backend="http", search_base=url, search_key_env="", reader_base=url + "/reader",
+                          reader_key_env="", allow=(host,), image_dir=str(tmp_path / "img"))
+        with build_toolbox(cfg) as toolbox:
+            results = solve_split(world, "eval", toolbox, TODAY, limit=20, progress=False)
+    finally:
+        stop()
+    assert sum(map(is_correct, results)) >= 19
+    img = results[0].episode.registry.all()[0]
+    assert img.url.startswith(url) and Path(img.path).is_file()
+
+
+def test_trajectories_round_trip_through_sft_data(eval_results, tmp_path):
+    examples = [to_sft_example(r.episode) for r in eval_results[:30]]
+    write_sft_data(tmp_path / "sft_data.json", examples)
+    back = read_sft_data(tmp_path / "sft_data.json")
+    assert [[(m.role, m.content) for m in e.messages] for e in back] == [[(m.role, m.content) for m in e.messages] for e in examples]
+    assert [len(e.images) for e in back] == [len(e.images) for e in examples]
+    first = back[0]
+    assert first.messages[0].role == "system" and first.messages[1].content == eval_results[0].key.prompt
+    assistant = [m.content for m in first.messages if m.role == "assistant"]
+    assert all(a.startswith("<think>") for a in assistant)
+    assert "<tool_call>" in assistant[0] and assistant[-1].split("</think>")[1].strip().startswith("<answer>")
+    assert any(m.content.startswith("<image>") and "<tool_response>" in m.content for m in first.messages)
+
+
+def test_expert_answers_earn_high_world_rewards(world, eval_results, capsys):
+    computer = RewardComputer(WorldGenerator(world), WorldJudgeBackend(world), world / "generated")
+    inputs = [RewardInput(r.key.id, r.key.prompt, str(world / r.key.gt_image), r.episode.termination,
+                          r.episode.answer, tuple(r.episode.registry.all())) for r in eval_results]
+    rewards = [s.result.reward for s in computer.score_many(inputs, progress=False)]
+    with capsys.disabled():
+        print(f"\nexpert mean world reward over {len(rewards)} held-out prompts: {np.mean(rewards):.3f}")
+    assert np.mean(rewards) >= 0.9
+
+
+def test_expert_without_working_tools_fails_honestly(world):
+    key = next(k for k in read_truth(world / "truth.json").values() if k.split == "eval" and k.hops)
+
+    def broken(call, registry):
+        return tool_error("search API unreachable")
+
+    result = solve(key, broken, TODAY)
+    assert not result.found_all and result.missing
+    assert not is_correct(result)
