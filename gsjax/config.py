@@ -31,3 +31,38 @@ def load(spec: str, **overrides) -> ml_collections.ConfigDict:
             raise KeyError(f"config {spec!r} has no field {'.'.join(parts)!r}")
         target[parts[-1]] = value
     return cfg
+
+
+_SECRET_WORDS = ("key", "token", "secret", "password")
+
+
+def redacted(cfg: ml_collections.ConfigDict | dict) -> dict:
+    """A plain copy of `cfg` with the value of every field whose name says it holds a secret
+    replaced by "<redacted>". Fields naming an environment variable (`*_env`) are kept: configs
+    hold variable names, never keys, and this is the guard for when one slips in."""
+    data = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
+
+    def walk(node):
+        if isinstance(node, dict):
+            return {k: ("<redacted>" if _is_secret(k, v) else walk(v)) for k, v in node.items()}
+        if isinstance(node, (list, tuple)):
+            return type(node)(walk(v) for v in node)
+        return node
+
+    return walk(data)
+
+
+def _is_secret(name: str, value) -> bool:
+    lowered = str(name).lower()
+    return (isinstance(value, str) and bool(value) and not lowered.endswith("_env")
+            and any(word in lowered for word in _SECRET_WORDS))
+
+
+def save(cfg: ml_collections.ConfigDict, path: Path | str) -> Path:
+    """Write the config as JSON with secrets redacted (what runs save beside their outputs)."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(redacted(cfg), indent=2, sort_keys=True, default=str) + "\n")
+    return path

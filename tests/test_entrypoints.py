@@ -35,3 +35,14 @@ def test_quickstart_notebook_executes(capsys):
     runpy.run_path(str(ROOT / "notebooks/quickstart.py"), run_name="__main__")
     out = capsys.readouterr().out
     assert "compilations:" in out and "turn 2:" in out
+
+
+def test_saved_configs_never_hold_a_planted_key(tmp_path):
+    import ml_collections
+
+    planted = "sk-test-PLANTED-999"
+    cfg = ml_collections.ConfigDict({"judge": {"api_key": planted, "api_key_env": "OPENAI_API_KEY",
+                                               "base_url": "http://127.0.0.1:1"}, "tools": {"search_token": planted}})
+    text = config_lib.save(cfg, tmp_path / "config.json").read_text()
+    assert planted not in text
+    assert "OPENAI_API_KEY" in text and "http://127.0.0.1:1" in text and text.count("<redacted>") == 2
