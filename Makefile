@@ -22,6 +22,8 @@ test: install
 bench: install
 	$(PY) -m gsjax.bench.sampler
 	$(PY) -m gsjax.bench.train_step
+	$(PY) -m gsjax.bench.tools
+	$(PY) -m gsjax.bench.rewards
 
 clean:
 	rm -rf $(VENV) .pytest_cache
