@@ -39,6 +39,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from gsjax.fileio import BackgroundServer
 from gsjax.rewards.rubrics import TEXT_JUDGE_SYSTEM_PROMPT
 
 GENERATOR_FAULTS = ("garbage", "status", "slow", "unsuccessful", "not_image", "bad_base64")
@@ -83,7 +84,7 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 256
 
 
-class LoopbackServer:
+class LoopbackServer(BackgroundServer):
     """A JSON-over-POST server on 127.0.0.1 with latency, faults and request counters."""
 
     faults_allowed: tuple[str, ...] = ()
@@ -103,26 +104,7 @@ class LoopbackServer:
         self._http.owner = self  # type: ignore[attr-defined]
         self.port = self._http.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> "LoopbackServer":
-        self._thread = threading.Thread(target=self._http.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"{type(self).__name__}-{self.port}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._http.shutdown()
-            self._thread.join(timeout=5)
-            self._thread = None
-        self._http.server_close()
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def _serve(self, h: _Handler) -> None:
         with self._lock:

@@ -36,7 +36,6 @@ import json
 import logging
 import os
 import random
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -47,6 +46,7 @@ from urllib.parse import urlsplit
 from PIL import Image
 
 from gsjax.agent.tools.http import HttpClient, HttpConfig, HttpFailure
+from gsjax.fileio import atomic_write
 from gsjax.rewards.generator import GenRequest, GenResult
 
 log = logging.getLogger(__name__)
@@ -265,17 +265,7 @@ class HttpGenerator:
         image = decode_reply(data)
         if isinstance(image, str):
             return f"generator server {_where(url)}: {image}"
-        _write_atomic(out_path, image)
+        atomic_write(out_path, image)
         return None
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

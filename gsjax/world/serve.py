@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from gsjax.fileio import BackgroundServer
 from gsjax.world.corpus import Corpus
 from gsjax.world.index import WorldIndex, render_page_text
 
@@ -139,7 +140,7 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s " + format, self.address_string(), *args)
 
 
-class WorldServer:
+class WorldServer(BackgroundServer):
     """The corpus over HTTP on 127.0.0.1. `hits` counts requests by their first path segment
     (`/search`, `/images`, `/reader`, `/page`, `/img`)."""
 
@@ -159,29 +160,9 @@ class WorldServer:
         self.index = WorldIndex(corpus, base=self.url)
         self._pages = {p.path: p for p in corpus.pages}
         self._images = {i.path: i for i in corpus.images}
-        self._thread: threading.Thread | None = None
 
     def __repr__(self) -> str:
         return f"WorldServer(url={self.url!r}, faults={len(self.faults)}, key={'set' if self.api_key else 'none'})"
-
-    def start(self) -> "WorldServer":
-        self._thread = threading.Thread(target=self._http.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"world-server-{self.port}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._http.shutdown()
-            self._thread.join(timeout=5)
-            self._thread = None
-        self._http.server_close()
-
-    def __enter__(self) -> "WorldServer":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------------- requests
 

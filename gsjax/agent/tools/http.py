@@ -36,10 +36,8 @@ import http.cookiejar
 import ipaddress
 import json
 import logging
-import os
 import random
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -52,6 +50,7 @@ import requests
 import urllib3
 
 from gsjax.agent.tools.base import ToolFailure
+from gsjax.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -269,19 +268,8 @@ class DiskCache:
         folder = self.folder / key[:2]
         folder.mkdir(parents=True, exist_ok=True)
         base = folder / key
-        _atomic_write(base.with_suffix(".body"), body)
-        _atomic_write(base.with_suffix(".json"), json.dumps({"content_type": content_type}).encode())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic_write(base.with_suffix(".body"), body)
+        atomic_write(base.with_suffix(".json"), json.dumps({"content_type": content_type}).encode())
 
 
 # ---------------------------------------------------------------------------------------------
