@@ -209,3 +209,10 @@ class Episode:
     def _finish(self, termination: Termination, answer: Answer | None = None) -> Done:
         self.termination, self.answer = termination, answer
         return Done(termination, answer)
+
+
+def message_text(message: dict[str, Any]) -> str:
+    """A message's content with one `<image>` marker per attached image at its start, where the
+    reference's rollout parser puts the vision tokens; the chat template expands the markers and
+    sft_data.json stores them as they are."""
+    return "<image>" * len(message.get("images") or []) + message["content"]

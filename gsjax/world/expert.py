@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from gsjax.agent.episode import Done, Episode, RunTool
+from gsjax.agent.episode import Done, Episode, RunTool, message_text
 from gsjax.agent.protocol import AgentLimits, render_answer, render_tool_call
 from gsjax.agent.types import Answer, AnswerRef, ImageRegistry, Termination, ToolCall, ToolResult
 from gsjax.data.formats import Message, SFTExample
@@ -183,12 +183,8 @@ def to_sft_example(episode: Episode) -> SFTExample:
     messages: list[Message] = []
     images: list[str] = []
     for m in episode.messages:
-        content = m["content"]
-        attached = m.get("images") or []
-        if attached:
-            content = "<image>" * len(attached) + content
-            images.extend(attached)
-        messages.append(Message(m["role"], content))
+        images.extend(m.get("images") or [])
+        messages.append(Message(m["role"], message_text(m)))
     return SFTExample(tuple(messages), tuple(images))
 
 

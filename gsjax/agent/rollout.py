@@ -1,0 +1,178 @@
+"""Prompts -> trajectories: the multi-turn rollout engine.
+
+Each task gets a sampler slot and an `Episode`. Slots decode together in the jitted sampler; when a
+slot's turn ends, its text goes to the episode: a tool call runs on the toolbox's thread pool
+while the other slots keep decoding, and when it returns its observation (closing the assistant
+turn, the tool response, the next assistant header) is appended to that slot's KV cache without
+re-encoding the conversation. A finished slot takes the next task.
+
+A trajectory's tokens are exactly what the sampler's cache held: prompt and observation tokens
+(loss mask 0), sampled tokens (mask 1, with the sampler's log-probabilities), and the forced
+`<|im_end|>\\n` that closes each assistant turn (mask 1 as in the reference, log-probability 0,
+`sampled` 0: the learner recomputes old log-probabilities itself).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import datetime
+from collections.abc import Sequence
+from typing import Any
+
+from tqdm import tqdm
+
+from gsjax.agent.episode import Continue, Episode, RunTool, message_text
+from gsjax.agent.protocol import AgentLimits
+from gsjax.agent.types import Answer, ImageRef, Termination, ToolResult
+from gsjax.sampling import FinishReason, Sampler, Turn
+from gsjax.tokenizer import Tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    prompt_id: str
+    prompt: str
+    group_index: int = 0  # which of the G samples of this prompt
+
+
+@dataclasses.dataclass
+class Trajectory:
+    task: Task
+    tokens: list[int]
+    loss_mask: list[int]  # 1 = assistant token (trained on)
+    sampled: list[int]  # 1 = drawn by the sampler (its logprob is meaningful)
+    logprobs: list[float]  # the sampler's, aligned with tokens; 0 where sampled is 0
+    messages: list[dict[str, Any]]
+    images: list[str]  # attached image paths, in the order they enter the token stream
+    shown: list[ImageRef]  # every image the tools showed (the trajectory's registry)
+    termination: Termination
+    answer: Answer | None
+    tool_calls: int
+    tool_errors: int
+
+
+@dataclasses.dataclass
+class _Live:
+    task: Task
+    episode: Episode
+    rendered: int  # episode messages already in the token stream
+    tokens: list[int]
+    loss_mask: list[int]
+    sampled: list[int]
+    logprobs: list[float]
+    tool_calls: int = 0
+    tool_errors: int = 0
+    future: cf.Future | None = None
+    closing: list[int] = dataclasses.field(default_factory=list)  # ends the last turn; not yet in the slot
+
+    def add(self, ids: Sequence[int], mask: int, sampled: int = 0, logprobs: Sequence[float] | None = None) -> None:
+        self.tokens += ids
+        self.loss_mask += [mask] * len(ids)
+        self.sampled += [sampled] * len(ids)
+        self.logprobs += list(logprobs) if logprobs is not None else [0.0] * len(ids)
+
+
+class RolloutEngine:
+    def __init__(self, sampler: Sampler, tokenizer: Tokenizer, toolbox, *, limits: AgentLimits = AgentLimits(),
+                 today: datetime.date | None = None, image_pad_tokens: int = 1):
+        self.sampler, self.tok, self.toolbox = sampler, tokenizer, toolbox
+        self.limits = limits
+        self.today = today or datetime.date.today()
+        self.image_pad_tokens = image_pad_tokens
+        self._close_turn = tokenizer.encode("<|im_end|>\n")
+        self._newline = tokenizer.encode("\n")
+        self._turn_budget = min(limits.max_tokens_per_turn, sampler.cache_len - 1)
+
+    def run(self, tasks: Sequence[Task], progress: bool = False) -> list[Trajectory]:
+        todo = list(enumerate(tasks))[::-1]
+        live: dict[int, tuple[int, _Live]] = {}
+        done: dict[int, Trajectory] = {}
+        bar = tqdm(total=len(tasks), desc="rollouts", disable=not progress, leave=False)
+        while todo or live:
+            for slot in range(self.sampler.num_slots):
+                if todo and slot not in live:
+                    idx, task = todo.pop()
+                    live[slot] = (idx, self._begin(slot, task))
+            for slot, (idx, lv) in list(live.items()):  # tool results that came back
+                if lv.future is not None and lv.future.done():
+                    self._after_tool(slot, lv, lv.future.result())
+            for turn in self.sampler.step() if self.sampler.busy else ():
+                self._after_turn(turn.slot, live[turn.slot][1], turn)
+            for slot, (idx, lv) in list(live.items()):
+                if lv.episode.done:
+                    done[idx] = self._finish(lv)
+                    self.sampler.free(slot)
+                    del live[slot]
+                    bar.update(1)
+            waiting = [lv.future for _, lv in live.values() if lv.future is not None]
+            if waiting and not self.sampler.busy and not any(f.done() for f in waiting):
+                cf.wait(waiting, return_when=cf.FIRST_COMPLETED)  # nothing to decode: wait for a tool
+        bar.close()
+        return [done[i] for i in range(len(tasks))]
+
+    # ------------------------------------------------------------------ per slot
+
+    def _begin(self, slot: int, task: Task) -> _Live:
+        episode = Episode(task.prompt, self.today, self.limits)
+        prompt = self.tok.render_chat([_plain(m) for m in episode.messages], add_generation_prompt=True,
+                                      image_pad_tokens=self.image_pad_tokens).ids
+        lv = _Live(task, episode, len(episode.messages), [], [], [], [])
+        lv.add(prompt, 0)
+        if not self._fits(len(prompt)):
+            episode.abort(Termination.MAX_TOKENS)
+            return lv
+        self.sampler.start(slot, prompt, self._turn_budget)
+        return lv
+
+    def _after_turn(self, slot: int, lv: _Live, turn: Turn) -> None:
+        lv.add(turn.tokens, 1, 1, turn.logprobs)
+        if turn.finish is FinishReason.CACHE_FULL:
+            lv.episode.abort(Termination.MAX_TOKENS)
+            return
+        ended_turn = bool(turn.tokens) and turn.tokens[-1] == self.tok.eos_id
+        lv.closing = self._newline if ended_turn else self._close_turn
+        lv.add(lv.closing, 1)
+        text = self.tok.decode(turn.tokens, skip_special_tokens=False)
+        if ended_turn and text.endswith("<|im_end|>"):
+            text = text[: -len("<|im_end|>")]
+        before = len(lv.episode.messages)
+        step = lv.episode.on_assistant(text, "length" if turn.finish is FinishReason.LENGTH else "stop")
+        lv.rendered = before + 1  # the assistant message is in the stream already
+        if isinstance(step, RunTool):
+            lv.tool_calls += 1
+            lv.future = self.toolbox.submit(step.call, lv.episode.registry)
+        elif isinstance(step, Continue):
+            self._continue(slot, lv)
+
+    def _after_tool(self, slot: int, lv: _Live, result: ToolResult) -> None:
+        lv.future = None
+        lv.tool_errors += result.error is not None
+        lv.episode.on_tool_result(result)
+        self._continue(slot, lv)
+
+    def _continue(self, slot: int, lv: _Live) -> None:
+        """Append the episode's new user messages and the next assistant header to the slot."""
+        new = lv.episode.messages[lv.rendered:]
+        lv.rendered = len(lv.episode.messages)
+        ids = self.tok.render_chat([_plain(m) for m in new], add_generation_prompt=True,
+                                   image_pad_tokens=self.image_pad_tokens).ids
+        lv.add(ids, 0)
+        if not self._fits(len(lv.tokens)):
+            lv.episode.abort(Termination.MAX_TOKENS)
+            return
+        self.sampler.append(slot, lv.closing + ids, self._turn_budget)
+
+    def _fits(self, length: int) -> bool:
+        return length + 1 < min(self.limits.max_conversation_tokens, self.sampler.cache_len)
+
+    def _finish(self, lv: _Live) -> Trajectory:
+        ep = lv.episode
+        images = [p for m in ep.messages for p in (m.get("images") or [])]
+        return Trajectory(lv.task, lv.tokens, lv.loss_mask, lv.sampled, lv.logprobs, ep.messages, images,
+                          ep.registry.all(), ep.termination, ep.answer, lv.tool_calls, lv.tool_errors)
+
+
+def _plain(message: dict[str, Any]) -> dict[str, str]:
+    return {"role": message["role"], "content": message_text(message)}
+
