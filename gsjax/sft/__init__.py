@@ -1,0 +1,1 @@
+"""Supervised fine-tuning on multi-turn agent trajectories (sft_data.json)."""
