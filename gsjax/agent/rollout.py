@@ -94,7 +94,7 @@ class RolloutEngine:
                 if todo and slot not in live:
                     idx, task = todo.pop()
                     live[slot] = (idx, self._begin(slot, task))
-            for slot, (idx, lv) in list(live.items()):  # tool results that came back
+            for slot, (_, lv) in list(live.items()):  # tool results that came back
                 if lv.future is not None and lv.future.done():
                     self._after_tool(slot, lv, lv.future.result())
             for turn in self.sampler.step() if self.sampler.busy else ():

@@ -18,11 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 
 from gsjax.models.losses import token_logprobs
 from gsjax.models.qwen3 import Qwen3
 from gsjax.rl.grpo import LossConfig, degenerate_groups, group_advantages, policy_loss
+from gsjax.train_state import TrainState
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,41 +83,23 @@ def make_batch(samples: Sequence[Sample], cfg: GRPOConfig) -> LearnerBatch:
     return LearnerBatch(tokens, mask, slp, smask, adv.astype(np.float32))
 
 
-class GRPOTrainer:
+class GRPOTrainer(TrainState):
     def __init__(self, model: Qwen3, cfg: GRPOConfig):
+        tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm),
+                         optax.adamw(cfg.lr, b1=0.9, b2=0.999, weight_decay=cfg.weight_decay))
+        super().__init__(model, tx, partial(_grpo_loss, cfg=cfg))
         self.cfg = cfg
-        self.graphdef, self.params = nnx.split(model)
-        self.tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm),
-                              optax.adamw(cfg.lr, b1=0.9, b2=0.999, weight_decay=cfg.weight_decay))
-        self.opt_state = self.tx.init(self.params)
-        self.compiles = 0
-
-        @partial(jax.jit, donate_argnums=(0, 1))
-        def update(params, opt_state, batch):
-            self.compiles += 1
-
-            def loss_fn(p):
-                logp = token_logprobs(nnx.merge(self.graphdef, p), batch["tokens"], temperature=cfg.temperature)
-                old = jax.lax.stop_gradient(logp)
-                # The mismatch is measured where the sampler drew the token; elsewhere it is 0.
-                sampler = jnp.where(batch["sampled_mask"] > 0, batch["sampler_logprobs"], old)
-                return policy_loss(logp, old, batch["advantages"], batch["loss_mask"], cfg.loss, sampler_logprobs=sampler)
-
-            (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-            updates, opt_state = self.tx.update(grads, opt_state, params)
-            metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
-            return optax.apply_updates(params, updates), opt_state, metrics
-
-        self._update = update
-
-    @property
-    def model(self) -> Qwen3:
-        return nnx.merge(self.graphdef, self.params)
 
     def step(self, samples: Sequence[Sample]) -> dict[str, float]:
         batch = make_batch(samples, self.cfg)
-        arrays = {k: jnp.asarray(v) for k, v in dataclasses.asdict(batch).items()}
-        self.params, self.opt_state, metrics = self._update(self.params, self.opt_state, arrays)
-        out = {k: float(v) for k, v in metrics.items()}
-        out["advantage_abs_mean"] = float(np.abs(batch.advantages).mean())
-        return out
+        metrics = self.update(dataclasses.asdict(batch))
+        metrics["advantage_abs_mean"] = float(np.abs(batch.advantages).mean())
+        return metrics
+
+
+def _grpo_loss(model: Qwen3, batch, cfg: GRPOConfig):
+    logp = token_logprobs(model, batch["tokens"], temperature=cfg.temperature)
+    old = jax.lax.stop_gradient(logp)
+    # The mismatch is measured where the sampler drew the token; elsewhere it is 0.
+    sampler = jnp.where(batch["sampled_mask"] > 0, batch["sampler_logprobs"], old)
+    return policy_loss(logp, old, batch["advantages"], batch["loss_mask"], cfg.loss, sampler_logprobs=sampler)

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from functools import partial
 
 import jax
-import jax.numpy as jnp
 import optax
-from flax import nnx
 from tqdm import tqdm
 
 from gsjax.models.losses import masked_mean_nll, token_logprobs
 from gsjax.models.qwen3 import Qwen3
 from gsjax.sft.data import PackedBatch
+from gsjax.train_state import TrainState
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,36 +36,20 @@ def sft_loss(model: Qwen3, batch: dict[str, jax.Array]) -> jax.Array:
     return masked_mean_nll(logp, batch["loss_mask"])
 
 
-def _arrays(batch: PackedBatch) -> dict[str, jax.Array]:
-    return {k: jnp.asarray(v) for k, v in dataclasses.asdict(batch).items()}
+def _loss_and_metrics(model: Qwen3, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+    return sft_loss(model, batch), {}
 
 
-class SFTTrainer:
+class SFTTrainer(TrainState):
     def __init__(self, model: Qwen3, cfg: SFTConfig):
+        super().__init__(model, optimizer(cfg), _loss_and_metrics)
         self.cfg = cfg
-        self.graphdef, self.params = nnx.split(model)  # the decoder holds parameters only
-        self.tx = optimizer(cfg)
-        self.opt_state = self.tx.init(self.params)
         self.step_count = 0
-        self.compiles = 0
-
-        @partial(jax.jit, donate_argnums=(0, 1))
-        def step(params, opt_state, batch):
-            self.compiles += 1
-            loss, grads = jax.value_and_grad(lambda p: sft_loss(nnx.merge(self.graphdef, p), batch))(params)
-            updates, opt_state = self.tx.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, loss
-
-        self._step = step
-
-    @property
-    def model(self) -> Qwen3:
-        return nnx.merge(self.graphdef, self.params)
 
     def train_step(self, batch: PackedBatch) -> float:
-        self.params, self.opt_state, loss = self._step(self.params, self.opt_state, _arrays(batch))
+        loss = self.update(dataclasses.asdict(batch))["loss"]
         self.step_count += 1
-        return float(loss)
+        return loss
 
     def fit(self, data: Iterator[PackedBatch], progress: bool = True) -> list[float]:
         losses = []

@@ -149,7 +149,7 @@ def _ordered_prompt(key: AnswerKey, refs: list[AnswerRef]) -> str:
     protocol's rule): subject i's "(the first reference image)" becomes the ordinal of its image."""
     rank = {r.note: j for j, r in enumerate(sorted(refs, key=lambda r: r.img_id))}
     prompt = key.gen_prompt
-    for i, name in enumerate(key.names):
+    for i in range(len(key.names)):
         prompt = prompt.replace(f"(the {_ORDINALS[i]} reference image)", f"(the #{i} reference image)")
     for i, name in enumerate(key.names):
         j = rank.get(name)
