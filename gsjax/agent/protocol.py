@@ -62,11 +62,17 @@ class AgentLimits:
     images_per_response: int = 5  # images attached to one tool response
     max_pixels: int = 160000  # per image, as the policy sees it (QWEN_VL_MAX_PIXELS)
     max_answer_refs: int = 5  # references beyond the first five are ignored
+    # "full": the reference's rules and tool schemas; "compact": the same protocol in five lines,
+    # for tiny policies whose whole trajectory must fit in a few hundred tokens (offline world).
+    prompt: str = "full"
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if not isinstance(value, int) or value < 1:
+            if field.name == "prompt":
+                if value not in PROMPT_STYLES:
+                    raise ValueError(f"AgentLimits.prompt must be one of {PROMPT_STYLES}, got {value!r}")
+            elif not isinstance(value, int) or value < 1:
                 raise ValueError(f"AgentLimits.{field.name} must be a positive int, got {value!r}")
 
     @property
@@ -75,6 +81,7 @@ class AgentLimits:
         return max(1, self.max_rounds - 1)
 
 
+PROMPT_STYLES = ("full", "compact")
 TOOL_NAMES: tuple[str, ...] = ("search", "image_search", "browse")
 TOP_K_DEFAULT = 10
 TOP_K_MAX = 10
@@ -215,7 +222,20 @@ TOO_LONG_MESSAGE = (
 )
 
 
+_COMPACT_PROMPT = """\
+Find what the image needs with the tools, then answer. Each round: <think>...</think> then one \
+<tool_call>{{"name": ..., "arguments": {{...}}}}</tool_call> or one <answer>.
+Tools: search {{"queries": [str], "top_k": int}}; image_search {{"query": str, "top_k": int}}; \
+browse {{"url": str, "query": str}}. At most {max_tool_calls} tool calls.
+<answer>{{"gen_prompt": str, "reference_images": [{{"img_id": "IMG_001", "note": str}}]}}</answer> \
+uses at most {max_refs} images, by id, in id order.
+Today's date: """
+
+
 def system_prompt(today: datetime.date, limits: AgentLimits = AgentLimits()) -> str:
+    if limits.prompt == "compact":
+        text = _COMPACT_PROMPT.format(max_tool_calls=limits.max_tool_calls, max_refs=limits.max_answer_refs)
+        return text + today.strftime("%Y-%m-%d")
     tools = "\n".join(json.dumps(schema, ensure_ascii=False) for schema in TOOL_SCHEMAS)
     text = _SYSTEM_PROMPT.format(
         max_tool_calls=limits.max_tool_calls,

@@ -1,0 +1,82 @@
+"""A policy on disk and in memory: the model, its tokenizer and the agent settings it was trained
+with, so that training, evaluation and `gsjax.generate` run it the same way.
+
+A policy folder is a Hugging Face checkpoint folder (`config.json`, safetensors, `tokenizer.json`)
+plus `agent.json`: the episode limits and prompt style (`AgentLimits`) and the sampling settings.
+Real checkpoints without `agent.json` load with the reference's defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+from pathlib import Path
+
+from jax.sharding import Mesh
+
+from gsjax.agent.protocol import AgentLimits
+from gsjax.agent.rollout import RolloutEngine
+from gsjax.fileio import atomic_write
+from gsjax.models.hf_io import load_model, save_model
+from gsjax.models.qwen3 import Qwen3
+from gsjax.sampling import Sampler, SamplingParams
+from gsjax.tokenizer import Tokenizer
+
+AGENT_FILE = "agent.json"
+STOP_STRINGS = ("</answer>",)  # </tool_call> is a single token: a stop token id
+
+
+@dataclasses.dataclass
+class Policy:
+    model: Qwen3
+    tokenizer: Tokenizer
+    limits: AgentLimits = AgentLimits()
+    sampling: SamplingParams = SamplingParams(temperature=0.7, top_p=0.95)  # the reference's rollout
+
+    def sampler(self, num_slots: int, cache_len: int, *, seed: int = 0, mesh: Mesh | None = None,
+                sampling: SamplingParams | None = None, **kwargs) -> Sampler:
+        """A slot sampler that stops where an assistant turn ends."""
+        tok = self.tokenizer
+        stops = [tok.eos_id] + [tok.token_to_id(t) for t in ("</tool_call>",) if _has(tok, t)]
+        return Sampler(self.model, num_slots=num_slots, cache_len=cache_len, params=sampling or self.sampling,
+                       stop_token_ids=stops, stop_strings=STOP_STRINGS, decode=tok.decode, seed=seed, mesh=mesh,
+                       **kwargs)
+
+    def engine(self, sampler: Sampler, toolbox, today: datetime.date | None = None) -> RolloutEngine:
+        return RolloutEngine(sampler, self.tokenizer, toolbox, limits=self.limits, today=today)
+
+
+def _has(tok: Tokenizer, token: str) -> bool:
+    try:
+        tok.token_to_id(token)
+    except KeyError:
+        return False
+    return True
+
+
+def save_policy(policy: Policy, folder: str | Path) -> Path:
+    folder = Path(folder)
+    save_model(policy.model, folder)
+    policy.tokenizer.save(folder)
+    settings = {"limits": dataclasses.asdict(policy.limits), "sampling": dataclasses.asdict(policy.sampling)}
+    atomic_write(folder / AGENT_FILE, (json.dumps(settings, indent=2) + "\n").encode())
+    return folder
+
+
+def load_policy(folder: str | Path, mesh: Mesh | None = None, *, dtype: str | None = None,
+                param_dtype: str | None = None, progress: bool = False) -> Policy:
+    folder = Path(folder)
+    model = load_model(folder, mesh, dtype=dtype, param_dtype=param_dtype, progress=progress)
+    tokenizer = Tokenizer.from_pretrained(folder)
+    file = folder / AGENT_FILE
+    if not file.is_file():
+        return Policy(model, tokenizer)
+    try:
+        settings = json.loads(file.read_text(encoding="utf-8"))
+        limits = AgentLimits(**settings.get("limits", {}))
+        sampling = SamplingParams(**settings.get("sampling", {}))
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        raise ValueError(f"{str(file)!r}: expected {{'limits': AgentLimits fields, 'sampling': SamplingParams "
+                         f"fields}}: {e}") from e
+    return Policy(model, tokenizer, limits, sampling)
