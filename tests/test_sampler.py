@@ -183,3 +183,34 @@ def test_bad_sampling_params_are_rejected():
         SamplingParams(top_p=0.0)
     with pytest.raises(ValueError, match="temperature"):
         SamplingParams(temperature=-1)
+
+
+def test_a_seeded_conversation_draws_the_same_tokens_in_any_slot_and_company(model):
+    """Draws depend on the conversation's seed and position only: not on the slot, on what else
+    is decoding, or on when its next turn is appended (what makes rollouts reproducible)."""
+    t = SamplingParams(temperature=1.0)
+    alone = Sampler(model, num_slots=4, cache_len=128, params=t, seed=3)
+    alone.start(0, _prompt(9, 1), 12, seed=77)
+    first = _drain(alone)
+    alone.append(0, [5, 6], 10)
+    second = _drain(alone)
+
+    crowded = Sampler(model, num_slots=4, cache_len=128, params=t, seed=3, chunk=5)
+    for slot, p in ((0, 2), (1, 3), (3, 4)):
+        crowded.start(slot, _prompt(20, p), 30)
+    crowded.start(2, _prompt(9, 1), 12, seed=77)
+    mine = [tr for tr in _drain(crowded) if tr.slot == 2]
+    crowded.append(2, [5, 6], 10)
+    later = _drain(crowded)
+    assert mine[0].tokens == first[0].tokens and len(first[0].tokens) == 12
+    assert [tr.tokens for tr in later if tr.slot == 2] == [second[0].tokens]
+    other = Sampler(model, num_slots=4, cache_len=128, params=t, seed=3)
+    other.start(0, _prompt(9, 1), 12, seed=78)
+    assert _drain(other)[0].tokens != first[0].tokens
+
+
+def _drain(sampler):
+    turns = []
+    while sampler.busy:
+        turns += sampler.step()
+    return turns

@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import dataclasses
 import datetime
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -83,8 +84,13 @@ class RolloutEngine:
         self._close_turn = tokenizer.encode("<|im_end|>\n")
         self._newline = tokenizer.encode("\n")
         self._turn_budget = min(limits.max_tokens_per_turn, sampler.cache_len - 1)
+        self._seed: int | None = None
 
-    def run(self, tasks: Sequence[Task], progress: bool = False) -> list[Trajectory]:
+    def run(self, tasks: Sequence[Task], progress: bool = False, seed: int | None = None) -> list[Trajectory]:
+        """Trajectories for `tasks`, in order. With `seed`, each task's tokens are drawn from a seed
+        made of it and the task's prompt id and group index: the same call gives the same
+        trajectories however slots and tool latencies interleave."""
+        self._seed = seed
         todo = list(enumerate(tasks))[::-1]
         live: dict[int, tuple[int, _Live]] = {}
         done: dict[int, Trajectory] = {}
@@ -122,7 +128,7 @@ class RolloutEngine:
         if not self._fits(len(prompt)):
             episode.abort(Termination.MAX_TOKENS)
             return lv
-        self.sampler.start(slot, prompt, self._turn_budget)
+        self.sampler.start(slot, prompt, self._turn_budget, seed=self._task_seed(task))
         return lv
 
     def _after_turn(self, slot: int, lv: _Live, turn: Turn) -> None:
@@ -162,6 +168,11 @@ class RolloutEngine:
             lv.episode.abort(Termination.MAX_TOKENS)
             return
         self.sampler.append(slot, lv.closing + ids, self._turn_budget)
+
+    def _task_seed(self, task: Task) -> int | None:
+        if self._seed is None:
+            return None
+        return zlib.crc32(f"{self._seed}/{task.prompt_id}/{task.group_index}".encode())
 
     def _fits(self, length: int) -> bool:
         return length + 1 < min(self.limits.max_conversation_tokens, self.sampler.cache_len)

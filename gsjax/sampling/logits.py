@@ -32,8 +32,15 @@ def _top_p_mask(sorted_logits: jax.Array, top_p: float) -> jax.Array:
     return before < top_p
 
 
+def _categorical(key: jax.Array, logits: jax.Array) -> jax.Array:
+    if key.ndim == 0:
+        return jax.random.categorical(key, logits, axis=-1)
+    return jax.vmap(lambda k, row: jax.random.categorical(k, row))(key, logits)  # one key per row
+
+
 def sample(logits: jax.Array, key: jax.Array, params: SamplingParams) -> tuple[jax.Array, jax.Array]:
-    """Sample one token per row from fp32 `logits` [B, V].
+    """Sample one token per row from fp32 `logits` [B, V], with one key for the batch or a key per
+    row (`key` of shape [B]: a row's draw then depends on its own key only).
 
     Returns (tokens [B] int32, logprobs [B] fp32). The log-probability is that of the sampled token
     under softmax(logits / temperature), before top-k / top-p truncation: the distribution the
@@ -49,12 +56,12 @@ def sample(logits: jax.Array, key: jax.Array, params: SamplingParams) -> tuple[j
     scaled = logits / params.temperature
     logprobs = jax.nn.log_softmax(scaled, axis=-1)
     if params.top_k == 0 and params.top_p >= 1.0:
-        tokens = jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
+        tokens = _categorical(key, scaled).astype(jnp.int32)
     else:
         k = params.top_k or scaled.shape[-1]
         top_logits, top_ids = jax.lax.top_k(scaled, min(k, scaled.shape[-1]))  # sorted, descending
         if params.top_p < 1.0:
             top_logits = jnp.where(_top_p_mask(top_logits, params.top_p), top_logits, -jnp.inf)
-        choice = jax.random.categorical(key, top_logits, axis=-1)
+        choice = _categorical(key, top_logits)
         tokens = jnp.take_along_axis(top_ids, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
     return tokens, jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]

@@ -72,6 +72,7 @@ class _Slot:
     pending: int | None = None  # token to feed next
     running: bool = False
     budget: int = 0
+    seed: int = 0  # with the position, decides every draw of this conversation
     queued: list[int] = dataclasses.field(default_factory=list)  # tokens waiting for prefill
     out_tokens: list[int] = dataclasses.field(default_factory=list)
     out_logprobs: list[float] = dataclasses.field(default_factory=list)
@@ -113,6 +114,7 @@ class Sampler:
         with self._on_mesh():
             self._cache: KVCache = jax.jit(init_cache, static_argnums=(0, 1, 2))(self.cfg, num_slots, cache_len)
         self._key = jax.random.key(seed)
+        self._seeds = np.random.default_rng(seed)  # conversation seeds when start() is given none
         self._slots = [_Slot() for _ in range(num_slots)]
         self._prefill_fn = jax.jit(self._prefill_impl, donate_argnums=(1,))
         self._decode_fn = jax.jit(self._decode_impl, donate_argnums=(1,))
@@ -126,11 +128,18 @@ class Sampler:
         """Sample from `model`'s current parameters from now on (after a training step)."""
         self._graphdef, self._weights = nnx.split(model)
 
-    def start(self, slot: int, ids: Sequence[int], max_new_tokens: int) -> None:
-        """Begin a new conversation in `slot` with prompt `ids`, then generate one turn."""
+    def start(self, slot: int, ids: Sequence[int], max_new_tokens: int, seed: int | None = None) -> None:
+        """Begin a new conversation in `slot` with prompt `ids`, then generate one turn.
+
+        Each token is drawn with a key made from the sampler's seed, the conversation's `seed` and
+        the token's position, so a conversation samples the same tokens whatever slot it is in,
+        whatever else is decoding and whenever its tool results come back.
+        """
         if not ids:
             raise ValueError("start() needs at least one prompt token")
-        self._slots[slot] = _Slot()
+        if seed is None:
+            seed = int(self._seeds.integers(2**31))
+        self._slots[slot] = _Slot(seed=int(seed) % 2**31)
         self._queue(slot, ids, max_new_tokens)
 
     def append(self, slot: int, ids: Sequence[int], max_new_tokens: int) -> None:
@@ -255,9 +264,10 @@ class Sampler:
             [min(s.budget - len(s.out_tokens), self.cache_len - 1 - s.length) if s.running else 0 for s in slots],
             np.int32,
         )
-        self._key, key = jax.random.split(self._key)
+        seeds = np.array([s.seed for s in slots], np.int32)
         with self._on_mesh():
-            self._cache, out = self._decode_fn(self._weights, self._cache, lengths, pending, running, room, key)
+            self._cache, out = self._decode_fn(self._weights, self._cache, lengths, pending, running, room, seeds,
+                                               self._key)
         tokens, logprobs, emitted, stopped, new_lengths = jax.device_get(out)
 
         finished: list[Turn] = []
@@ -285,15 +295,18 @@ class Sampler:
                 finished.append(turn)
         return finished
 
-    def _decode_impl(self, weights, cache, lengths, pending, running, room, key):
+    def _decode_impl(self, weights, cache, lengths, pending, running, room, seeds, key):
         self.compile_counts["decode"] += 1
         model = nnx.merge(self._graphdef, weights)
         stop_ids = jnp.asarray(self.stop_token_ids or (-1,), jnp.int32)
 
-        def body(carry, step_key):
+        slot_keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(seeds)
+
+        def body(carry, _):
             cache, lengths, pending, running, room = carry
             hidden, cache = model.forward_cached(pending[:, None], cache, lengths)
-            tok, lp = sample(model.logits(hidden[:, 0]), step_key, self.params)
+            row_keys = jax.vmap(jax.random.fold_in)(slot_keys, lengths)  # the position being sampled
+            tok, lp = sample(model.logits(hidden[:, 0]), row_keys, self.params)
             emit = running
             lengths = lengths + emit
             pending = jnp.where(emit, tok, pending)
@@ -302,9 +315,8 @@ class Sampler:
             running = running & ~hit_stop & (room > 0)
             return (cache, lengths, pending, running, room), (tok, lp, emit, hit_stop)
 
-        keys = jax.random.split(key, self.chunk)
         (cache, lengths, _, _, _), (tok, lp, emit, hit) = jax.lax.scan(
-            body, (cache, lengths, pending, running, room), keys
+            body, (cache, lengths, pending, running, room), length=self.chunk
         )
         return cache, (tok, lp, emit, hit.any(axis=0), lengths)
 
