@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -192,9 +192,10 @@ def tensor_layout(cfg: Qwen3Config) -> list[TensorMap]:
 # ----------------------------------------------------------------------------- loading
 
 
-def _file_index(folder: Path) -> dict[str, str]:
-    """tensor name -> safetensors file name within `folder`."""
-    index_path = folder / INDEX_FILE
+def file_index(folder: Path, single: str = SINGLE_FILE, index: str = INDEX_FILE) -> dict[str, str]:
+    """tensor name -> safetensors file name within `folder` (one `single` file, or an `index`
+    JSON whose weight_map names the shards)."""
+    index_path = folder / index
     if index_path.is_file():
         try:
             weight_map = json.loads(index_path.read_text())["weight_map"]
@@ -204,55 +205,64 @@ def _file_index(folder: Path) -> dict[str, str]:
             if not (folder / fname).is_file():
                 raise CheckpointError(f"{index_path}: lists shard {fname!r}, which is not in {folder}")
         return dict(weight_map)
-    single = folder / SINGLE_FILE
-    if not single.is_file():
-        raise CheckpointError(f"{folder}: neither {SINGLE_FILE} nor {INDEX_FILE} found")
-    with safe_open(single, framework="np") as f:
-        return {name: SINGLE_FILE for name in f.keys()}
+    single_path = folder / single
+    if not single_path.is_file():
+        raise CheckpointError(f"{folder}: neither {single} nor {index} found")
+    with safe_open(single_path, framework="np") as f:
+        return {name: single for name in f.keys()}
 
 
-def _place(value: np.ndarray, axes: tuple[str, ...], mesh: Mesh | None) -> jax.Array:
+def place(value: np.ndarray, axes: tuple[str, ...], mesh: Mesh | None) -> jax.Array:
+    """`value` on `mesh`, sharded by its logical `axes` (on the default device without a mesh)."""
     if mesh is None:
         return jax.device_put(value)
     sharding = NamedSharding(mesh, logical_to_spec(axes, value.shape, dict(mesh.shape)))
     return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
 
 
-def load_model(
-    folder: str | Path,
-    mesh: Mesh | None = None,
+def numpy_dtype(name: str) -> np.dtype:
+    return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
+
+
+def load_tensors_into(
+    module_fn: Callable[[], nnx.Module],
+    folder: Path,
+    layout: Sequence[TensorMap],
+    files: dict[str, str],
     *,
-    dtype: str | None = None,
-    param_dtype: str | None = None,
+    mesh: Mesh | None,
+    param_dtype: str,
+    ignore: Callable[[str], bool] = lambda name: False,
+    what: str = "model",
     progress: bool = False,
-) -> Qwen3:
-    """Load a Qwen3 / Qwen2 checkpoint folder into an NNX model placed on `mesh`."""
-    folder = Path(folder)
-    overrides = {k: v for k, v in dict(dtype=dtype, param_dtype=param_dtype).items() if v}
-    cfg = load_config(folder, **overrides)
-    abstract = nnx.eval_shape(lambda: Qwen3(cfg, rngs=nnx.Rngs(0)))
+) -> nnx.Module:
+    """Build `module_fn()`'s module with every variable read from `folder`'s safetensors files.
+
+    `layout` names each tensor and where it goes; `files` maps tensor names to shard files. Missing
+    and unexpected tensors (those `ignore` does not accept) and wrong shapes raise CheckpointError
+    before anything is assembled. One shard file is open at a time; each tensor is converted,
+    cast to `param_dtype` and placed on `mesh` by the logical axes of its variable.
+    """
+    abstract = nnx.eval_shape(module_fn)
     graphdef, abstract_state = nnx.split(abstract)
     variables = dict(nnx.to_flat_state(abstract_state))
-
-    layout = tensor_layout(cfg)
-    files = _file_index(folder)
     expected = {t.hf_name for t in layout}
     missing = sorted(expected - set(files))
     if missing:
         raise CheckpointError(
             f"{folder}: missing tensor {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
         )
-    unexpected = sorted(
-        n for n in set(files) - expected
-        if not n.endswith(_IGNORED_SUFFIXES) and not (cfg.tie_embeddings and n == "lm_head.weight")
-    )
+    unexpected = sorted(n for n in set(files) - expected if not n.endswith(_IGNORED_SUFFIXES) and not ignore(n))
     if unexpected:
-        raise CheckpointError(f"{folder}: unexpected tensor {unexpected[0]!r} for {cfg.family} config {cfg}")
+        raise CheckpointError(f"{folder}: unexpected tensor {unexpected[0]!r} for {what}")
+    uncovered = sorted("/".join(map(str, p)) for p in set(variables) - {t.path for t in layout})
+    if uncovered:
+        raise AssertionError(f"tensor layout of {what} leaves variables unset: {uncovered[:3]}")
 
     by_file: dict[str, list[TensorMap]] = {}
     for t in layout:
         by_file.setdefault(files[t.hf_name], []).append(t)
-    target = np.dtype(ml_dtypes.bfloat16) if cfg.param_dtype == "bfloat16" else np.dtype(cfg.param_dtype)
+    target = numpy_dtype(param_dtype)
     loaded: dict[tuple, jax.Array] = {}
     items = sorted(by_file.items())
     if progress:
@@ -270,17 +280,37 @@ def load_model(
                 var = variables[t.path]
                 value = t.to_ours(raw).astype(target)
                 assert value.shape == var.shape, (t.hf_name, value.shape, var.shape)
-                loaded[t.path] = _place(value, var.get_metadata()["axes"], mesh)
+                loaded[t.path] = place(value, var.get_metadata()["axes"], mesh)
 
     for path, var in variables.items():
         var.set_value(loaded[path])
     return nnx.merge(graphdef, nnx.from_flat_state(variables))
 
 
+def load_model(
+    folder: str | Path,
+    mesh: Mesh | None = None,
+    *,
+    dtype: str | None = None,
+    param_dtype: str | None = None,
+    progress: bool = False,
+) -> Qwen3:
+    """Load a Qwen3 / Qwen2 checkpoint folder into an NNX model placed on `mesh`."""
+    folder = Path(folder)
+    overrides = {k: v for k, v in dict(dtype=dtype, param_dtype=param_dtype).items() if v}
+    cfg = load_config(folder, **overrides)
+    return load_tensors_into(
+        lambda: Qwen3(cfg, rngs=nnx.Rngs(0)), folder, tensor_layout(cfg), file_index(folder),
+        mesh=mesh, param_dtype=cfg.param_dtype,
+        ignore=lambda n: cfg.tie_embeddings and n == "lm_head.weight",
+        what=f"{cfg.family} config {cfg}", progress=progress,
+    )
+
+
 # ----------------------------------------------------------------------------- saving
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
+def to_host(x: jax.Array) -> np.ndarray:
     if not x.is_fully_addressable:
         from jax.experimental import multihost_utils
 
@@ -300,6 +330,41 @@ def _chunks(names: Iterable[str], sizes: dict[str, int], max_bytes: int) -> list
     return shards
 
 
+def write_safetensors(
+    folder: Path,
+    tensors: dict[str, np.ndarray],
+    *,
+    max_shard_bytes: int,
+    single: str = SINGLE_FILE,
+    index: str = INDEX_FILE,
+) -> None:
+    """Write `tensors` as one `single` file, or as numbered shards plus an `index` JSON when they
+    pass `max_shard_bytes` (shard names follow the single file's stem, as transformers and
+    diffusers name them)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sizes = {n: a.nbytes for n, a in tensors.items()}
+    shards = _chunks(tensors, sizes, max_shard_bytes)
+    meta = {"format": "pt"}
+    if len(shards) == 1:
+        save_file(tensors, folder / single, metadata=meta)
+        return
+    stem = single.removesuffix(".safetensors")
+    weight_map = {}
+    for i, names in enumerate(shards, 1):
+        fname = f"{stem}-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file({n: tensors[n] for n in names}, folder / fname, metadata=meta)
+        weight_map.update({n: fname for n in names})
+    manifest = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
+    (folder / index).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def gather_tensors(module: nnx.Module, layout: Sequence[TensorMap]) -> dict[str, np.ndarray]:
+    """Every tensor of `layout` from `module`, on the host in the checkpoint's layout (every
+    process takes part in gathering sharded parameters)."""
+    state = dict(nnx.to_flat_state(nnx.state(module, nnx.Param)))
+    return {t.hf_name: t.to_hf(to_host(state[t.path][...])) for t in layout}
+
+
 def save_model(model: Qwen3, folder: str | Path, *, max_shard_bytes: int = 5 * 2**30) -> Path:
     """Write `model` as a Hugging Face folder that transformers' from_pretrained loads.
 
@@ -307,23 +372,10 @@ def save_model(model: Qwen3, folder: str | Path, *, max_shard_bytes: int = 5 * 2
     """
     folder = Path(folder)
     cfg = model.cfg
-    state = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
-    tensors = {t.hf_name: t.to_hf(_to_host(state[t.path][...])) for t in tensor_layout(cfg)}
+    tensors = gather_tensors(model, tensor_layout(cfg))
     if jax.process_index() != 0:
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config_to_hf(cfg), indent=2) + "\n")
-    sizes = {n: a.nbytes for n, a in tensors.items()}
-    shards = _chunks(tensors, sizes, max_shard_bytes)
-    meta = {"format": "pt"}
-    if len(shards) == 1:
-        save_file(tensors, folder / SINGLE_FILE, metadata=meta)
-        return folder
-    weight_map = {}
-    for i, names in enumerate(shards, 1):
-        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file({n: tensors[n] for n in names}, folder / fname, metadata=meta)
-        weight_map.update({n: fname for n in names})
-    index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
-    (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    write_safetensors(folder, tensors, max_shard_bytes=max_shard_bytes)
     return folder
