@@ -1,15 +1,26 @@
 """Configs are Python files with `get_config(preset: str | None) -> ConfigDict` (big_vision style).
 
 On the command line they are given as `--config=configs/NAME.py[:preset]` with
-`--config.a.b=value` overrides (ml_collections' config_flags). `load` does the same from Python.
+`--config.a.b=value` overrides (`from_argv`); `load` does the same from Python. A key that does not
+exist fails with the nearest valid names.
 """
 
 from __future__ import annotations
 
+import ast
+import difflib
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import ml_collections
+
+
+class ConfigKeyError(KeyError):
+    """A config key that does not exist; the message names the nearest valid keys."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 def load(spec: str, **overrides) -> ml_collections.ConfigDict:
@@ -22,14 +33,74 @@ def load(spec: str, **overrides) -> ml_collections.ConfigDict:
     module_spec.loader.exec_module(module)
     cfg = module.get_config(preset or None)
     for key, value in overrides.items():
-        node, *rest = key.split("__")
-        target = cfg
-        parts = [node, *rest]
-        for part in parts[:-1]:
+        override(cfg, key.replace("__", "."), value, spec)
+    return cfg
+
+
+def keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """Every dotted key of `cfg`, sub-configs included."""
+    out = []
+    for name, value in cfg.items():
+        out.append(prefix + name)
+        if isinstance(value, ml_collections.ConfigDict):
+            out += keys(value, prefix + name + ".")
+    return out
+
+
+def override(cfg: ml_collections.ConfigDict, dotted: str, value: Any, source: str = "config") -> None:
+    """Set `cfg.<dotted>` to `value`; a string is read as the field's type (`"3"` for an int,
+    `"false"` for a bool, `"(1, 2)"` for a tuple). An unknown key names the nearest valid ones."""
+    parts = dotted.split(".")
+    target = cfg
+    for i, part in enumerate(parts):
+        if not isinstance(target, ml_collections.ConfigDict) or part not in target:
+            valid = keys(cfg)
+            near = difflib.get_close_matches(dotted, valid, n=3, cutoff=0.5)
+            hint = f"; nearest valid keys: {', '.join(near)}" if near else f"; valid keys: {', '.join(valid)}"
+            raise ConfigKeyError(f"{source} has no key {dotted!r}{hint}")
+        if i < len(parts) - 1:
             target = target[part]
-        if parts[-1] not in target:
-            raise KeyError(f"config {spec!r} has no field {'.'.join(parts)!r}")
-        target[parts[-1]] = value
+    current = target[parts[-1]]
+    if isinstance(value, str) and not isinstance(current, str):
+        value = _parse_value(value, current, dotted)
+    target[parts[-1]] = value
+
+
+def _parse_value(text: str, current: Any, key: str) -> Any:
+    if isinstance(current, bool):
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        raise ValueError(f"config key {key!r} is a bool; got {text!r} (expected true or false)")
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError) as e:
+        raise ValueError(f"config key {key!r} expects a {type(current).__name__}; cannot read {text!r}") from e
+    if isinstance(current, float) and isinstance(value, int):
+        value = float(value)
+    if current is not None and not isinstance(value, type(current)):
+        if isinstance(current, tuple) and isinstance(value, list):
+            return tuple(value)
+        raise ValueError(f"config key {key!r} expects a {type(current).__name__}, got {text!r}")
+    return value
+
+
+def from_argv(argv: list[str], default: str) -> ml_collections.ConfigDict:
+    """The config of a command line: `--config=path.py[:preset]` (default `default`) and any
+    number of `--config.a.b=value` overrides. Anything else is an error naming it."""
+    spec, sets = default, []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        if name == "--config" and eq:
+            spec = value
+        elif name.startswith("--config.") and eq:
+            sets.append((name[len("--config."):], value))
+        else:
+            raise ValueError(f"unknown argument {arg!r}: expected --config=path.py[:preset] or --config.key=value")
+    cfg = load(spec)
+    for dotted, value in sets:
+        override(cfg, dotted, value, spec)
     return cfg
 
 
@@ -66,3 +137,11 @@ def save(cfg: ml_collections.ConfigDict, path: Path | str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(redacted(cfg), indent=2, sort_keys=True, default=str) + "\n")
     return path
+
+
+def cli(argv: list[str], default: str) -> ml_collections.ConfigDict:
+    """`from_argv` for a `main`: a bad argument, key or value exits with its message, no traceback."""
+    try:
+        return from_argv(argv, default)
+    except (KeyError, ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None

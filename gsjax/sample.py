@@ -15,17 +15,16 @@ import time
 
 import jax
 import ml_collections
-from absl import app
+import sys
 from flax import nnx
-from ml_collections import config_flags
 
+from gsjax import config as config_lib
 from gsjax.models import hf_io
 from gsjax.models.qwen3 import Qwen3, Qwen3Config
 from gsjax.parallel import initialize_distributed, make_mesh, shard_module
 from gsjax.sampling import Sampler, SamplingParams
 from gsjax.tokenizer import Tokenizer
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/sample.py", "sampling config (path[:preset])")
 log = logging.getLogger("gsjax.sample")
 
 STOP_STRINGS = ("</tool_call>", "</answer>")
@@ -104,11 +103,10 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
     return summary
 
 
-def main(argv):
-    del argv
+def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    run(_CONFIG.value)
+    run(config_lib.cli(argv, "configs/sample.py"))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main(sys.argv[1:])

@@ -25,8 +25,17 @@ def test_config_presets_and_overrides():
     assert cfg.model.dtype == "bfloat16" and cfg.model.path == "/ckpt" and cfg.cache_len == 64
     with pytest.raises(ValueError, match="unknown preset 'nope'"):
         config_lib.load(str(ROOT / "configs/sample.py") + ":nope")
-    with pytest.raises(KeyError, match="no field 'model.bogus'"):
+    with pytest.raises(KeyError, match="no key 'model.bogus'"):
         config_lib.load(str(ROOT / "configs/sample.py"), model__bogus=1)
+    argv = ["--config=configs/sample.py:qwen3_8b", "--config.sampling.top_k=5", "--config.mesh.tp=4"]
+    cfg = config_lib.from_argv(argv, "unused.py")
+    assert cfg.sampling.top_k == 5 and cfg.mesh.tp == 4 and cfg.model.dtype == "bfloat16"
+    with pytest.raises(KeyError, match="nearest valid keys: sampling.temperature"):
+        config_lib.from_argv(["--config.sampling.temprature=1"], "configs/sample.py")
+    with pytest.raises(ValueError, match="'num_samples' expects a int"):
+        config_lib.from_argv(["--config.num_samples=many"], "configs/sample.py")
+    with pytest.raises(ValueError, match="unknown argument '--cofig.x=1'"):
+        config_lib.from_argv(["--cofig.x=1"], "configs/sample.py")
     with pytest.raises(FileNotFoundError, match="missing.py"):
         config_lib.load("configs/missing.py")
 

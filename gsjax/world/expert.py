@@ -96,7 +96,9 @@ def schedule(steps) -> list[list]:
     return calls
 
 
-def solve(key: AnswerKey, run_tool: RunToolFn, today: datetime.date, limits: AgentLimits = AgentLimits()) -> ExpertResult:
+def solve(key: AnswerKey, run_tool: RunToolFn, today: datetime.date, limits: AgentLimits = AgentLimits(),
+          top_k: int = 5, image_top_k: int = 5) -> ExpertResult:
+    """One episode on `key`; `top_k` / `image_top_k` are what its search and image_search calls ask for."""
     s = _Script(key, run_tool, today, limits)
     refs: list[AnswerRef] = []
     for group in schedule(key.steps):
@@ -104,7 +106,7 @@ def solve(key: AnswerKey, run_tool: RunToolFn, today: datetime.date, limits: Age
         if step.tool == "search":
             queries = [g.query for g in group]
             s.call(f"I should search for {' and '.join(map(repr, queries))} to learn what the prompt refers to.",
-                   ToolCall("search", {"queries": queries, "top_k": 5}))
+                   ToolCall("search", {"queries": queries, "top_k": top_k}))
         elif step.tool == "browse":
             link = None
             for obs in reversed(s.read):
@@ -118,7 +120,7 @@ def solve(key: AnswerKey, run_tool: RunToolFn, today: datetime.date, limits: Age
                    ToolCall("browse", {"url": link, "query": step.query}))
         elif step.tool == "image_search":
             s.call(f"Now I need a photo of {step.query} to use as a reference.",
-                   ToolCall("image_search", {"query": step.query, "top_k": 5}))
+                   ToolCall("image_search", {"query": step.query, "top_k": image_top_k}))
             subject = next(n for n in key.names if n.lower() in step.query.lower())
             img_id = _image_for(s.read[-1], subject)
             if img_id is None:
@@ -189,12 +191,13 @@ def to_sft_example(episode: Episode) -> SFTExample:
 
 
 def solve_split(world_dir: Path, split: str, toolbox, today: datetime.date, limit: int | None = None,
-                progress: bool = True) -> list[ExpertResult]:
-    """The expert over one split's answer keys, tool calls through `toolbox`."""
+                progress: bool = True, **solve_kwargs) -> list[ExpertResult]:
+    """The expert over one split's answer keys, tool calls through `toolbox` (`solve_kwargs` go to
+    `solve`: limits, top_k, image_top_k)."""
     from tqdm import tqdm
 
     keys = [k for k in read_truth(Path(world_dir) / "truth.json").values() if k.split == split][:limit]
-    return [solve(k, toolbox.run, today) for k in tqdm(keys, desc=f"expert on {split}", disable=not progress)]
+    return [solve(k, toolbox.run, today, **solve_kwargs) for k in tqdm(keys, desc=f"expert on {split}", disable=not progress)]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,6 +10,7 @@ counts cl100k tokens: 95k per chunk, 1024 overlap); the defaults keep its number
 from __future__ import annotations
 
 import math
+import re
 
 from gsjax.agent.tools.base import ToolFailure
 from gsjax.agent.tools.http import HttpClient
@@ -107,3 +108,35 @@ class ChatSummariser:
         if not isinstance(content, str) or not content.strip():
             raise ToolFailure("the summary model returned an empty answer")
         return content.strip()
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+class ExtractiveSummariser:
+    """A summary without a model: the `sentences` sentences of the page that best match the query,
+    in page order. A sentence scores the inverse sentence frequency, log(1 + n / df), of each query
+    word it contains, so words the whole page repeats (its subject's name) count little and the
+    words that set the question apart ("motto", "emblem") count most. For the offline world and for
+    small policies whose context cannot hold whole pages; a real run uses `ChatSummariser`."""
+
+    def __init__(self, sentences: int = 2) -> None:
+        if sentences < 1:
+            raise ValueError(f"ExtractiveSummariser needs sentences >= 1, got {sentences}")
+        self.sentences = sentences
+
+    def __repr__(self) -> str:
+        return f"ExtractiveSummariser(sentences={self.sentences})"
+
+    def summarise(self, text: str, query: str) -> str:
+        candidates = [s.strip() for line in text.splitlines() for s in _SENTENCE_END.split(line)]
+        candidates = [s for s in candidates if s and not s.endswith(":")]
+        words = [set(_WORD.findall(s.lower())) for s in candidates]
+        asked = set(_WORD.findall(query.lower()))
+        df = {w: sum(w in ws for ws in words) for w in asked}
+        scores = [sum(math.log(1 + len(words) / df[w]) for w in asked & ws) for ws in words]
+        best = sorted((i for i, s in enumerate(scores) if s > 0), key=lambda i: (-scores[i], i))[: self.sentences]
+        if not best:
+            return "This page does not answer the question."
+        return "\n".join(candidates[i] for i in sorted(best))

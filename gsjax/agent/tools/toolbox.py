@@ -33,7 +33,7 @@ from gsjax.agent.tools.images import HttpImageFetcher
 from gsjax.agent.tools.readers import DirectReader, JinaReader
 from gsjax.agent.tools.search import SearchTool
 from gsjax.agent.tools.serper import SerperSearch
-from gsjax.agent.tools.summary import ChatSummariser
+from gsjax.agent.tools.summary import ChatSummariser, ExtractiveSummariser
 from gsjax.agent.types import ImageRegistry, ToolCall, ToolResult
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,7 @@ class ToolsConfig:
     summary_model: str = ""
     summary_key_env: str = ""
     summary_max_tokens: int = 8192
+    extractive_sentences: int = 0  # > 0 and no summary_base: browse returns this many matching sentences
     chunk_tokens: int = 95000
     overlap_tokens: int = 1024
     # both
@@ -151,6 +152,8 @@ def build_toolbox(config: ToolsConfig | None = None, corpus: Any = None) -> Tool
         summariser = ChatSummariser(client, config.summary_base, config.summary_model, config.summary_key_env,
                                     max_tokens=config.summary_max_tokens, chunk_tokens=config.chunk_tokens,
                                     overlap_tokens=config.overlap_tokens)
+    elif config.extractive_sentences > 0:
+        summariser = ExtractiveSummariser(config.extractive_sentences)
     if config.backend == "local":
         from gsjax.world.corpus import Corpus
         from gsjax.world.index import WorldImageFetcher, WorldIndex, WorldReader
