@@ -158,7 +158,9 @@ def _relative(p: str | os.PathLike, folder: Path) -> str:
 
 
 def _dump(path: Path, rows: list[dict]) -> None:
-    Path(path).write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    from gsjax.fileio import atomic_write
+
+    atomic_write(Path(path), (json.dumps(rows, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
 from gsjax.models.losses import token_logprobs
 from gsjax.models.qwen3 import Qwen3
@@ -89,11 +90,18 @@ class GRPOTrainer(TrainState):
                          optax.adamw(cfg.lr, b1=0.9, b2=0.999, weight_decay=cfg.weight_decay))
         super().__init__(model, tx, partial(_grpo_loss, cfg=cfg))
         self.cfg = cfg
+        self.ref_params = None
+        if cfg.loss.kl_coef:  # a frozen copy of the starting policy, for the KL term
+            self.ref_params = jax.tree.map(jnp.copy, self.params)
+            self._ref_logprobs = jax.jit(
+                lambda p, tokens: token_logprobs(nnx.merge(self.graphdef, p), tokens, temperature=cfg.temperature))
 
     def step(self, samples: Sequence[Sample]) -> dict[str, float]:
-        batch = make_batch(samples, self.cfg)
-        metrics = self.update(dataclasses.asdict(batch))
-        metrics["advantage_abs_mean"] = float(np.abs(batch.advantages).mean())
+        batch = dataclasses.asdict(make_batch(samples, self.cfg))
+        if self.ref_params is not None:
+            batch["ref_logprobs"] = self._ref_logprobs(self.ref_params, jnp.asarray(batch["tokens"]))
+        metrics = self.update(batch)
+        metrics["advantage_abs_mean"] = float(np.abs(batch["advantages"]).mean())
         return metrics
 
 
@@ -102,4 +110,5 @@ def _grpo_loss(model: Qwen3, batch, cfg: GRPOConfig):
     old = jax.lax.stop_gradient(logp)
     # The mismatch is measured where the sampler drew the token; elsewhere it is 0.
     sampler = jnp.where(batch["sampled_mask"] > 0, batch["sampler_logprobs"], old)
-    return policy_loss(logp, old, batch["advantages"], batch["loss_mask"], cfg.loss, sampler_logprobs=sampler)
+    return policy_loss(logp, old, batch["advantages"], batch["loss_mask"], cfg.loss, sampler_logprobs=sampler,
+                       ref_logprobs=batch.get("ref_logprobs"))

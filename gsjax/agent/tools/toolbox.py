@@ -90,6 +90,21 @@ class ToolBox:
         self.close()
 
 
+class NoTools:
+    """The toolbox of the no-search baseline: every call is answered with a tool error, so the
+    policy must answer from what it knows."""
+
+    names = ()
+
+    def run(self, call: ToolCall, registry: ImageRegistry) -> ToolResult:
+        return tool_error(f"{call.name} is not available: tools are off in this run (no-search baseline)")
+
+    def submit(self, call: ToolCall, registry: ImageRegistry) -> concurrent.futures.Future[ToolResult]:
+        future: concurrent.futures.Future[ToolResult] = concurrent.futures.Future()
+        future.set_result(self.run(call, registry))
+        return future
+
+
 @dataclasses.dataclass(frozen=True)
 class ToolsConfig:
     backend: str = "local"  # "local" (offline world in process) or "http"

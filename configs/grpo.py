@@ -1,0 +1,93 @@
+"""SFT warm start, then agentic GRPO, then held-out evaluation.
+
+  python -m gsjax.train --config=configs/grpo.py
+      The embedded default: the offline world and a tiny policy on the CPU (2 layers, d=128, a
+      2048-token BPE). About 12 minutes on 2 cores; prints the held-out mean reward of the
+      no-search baseline, the SFT policy and the GRPO policy.
+  python -m gsjax.train --config=configs/grpo.py:test
+      The same pipeline at toy size (a tiny world, a few steps): what the tests run.
+  python -m gsjax.train --config=configs/grpo.py:qwen3_8b --config.model.path=/ckpt/Gen-Searcher-SFT-8B \
+      --config.data.rl_data=/data/rl_data.json --config.data.eval_data=/data/KnowGen-Bench.json \
+      --config.reward.generator_urls='("http://gen-host:8000",)' --config.reward.judge_base_url=https://api.openai.com/v1
+      The reference's run: real search (SERPER_KEY_ID), Jina reader (JINA_API_KEYS), 8 prompts x 6
+      samples per step, lr 1e-6, clip 0.2/0.28, dual clip 3, no KL, seq-mean-token-sum.
+"""
+
+import ml_collections
+
+from gsjax.rewards.backends import reward_config
+
+
+def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.workdir = "runs/grpo"
+
+    c.data = ml_collections.ConfigDict()
+    c.data.world = True  # the offline world (built in workdir/world); False = the files below
+    c.data.world_size = ml_collections.ConfigDict(dict(
+        seed=0, n_train_entities=1000, n_eval_entities=150, n_train_prompts=1400, n_eval_prompts=100))
+    c.data.expert = ml_collections.ConfigDict(dict(sft_prompts=1000, top_k=2, image_top_k=1))
+    c.data.sft_data = ""  # sft_data.json (sharegpt)
+    c.data.rl_data = ""  # rl_data.json
+    c.data.eval_data = ""  # a KnowGen-format benchmark file (held-out prompts)
+
+    c.model = ml_collections.ConfigDict()
+    c.model.path = ""  # a policy or HF checkpoint folder; empty = a tiny model built from model.tiny
+    c.model.dtype = "float32"
+    c.model.param_dtype = "float32"
+    c.model.tiny = ml_collections.ConfigDict(dict(
+        vocab_size=2048, hidden_size=128, intermediate_size=512, num_layers=2, num_heads=4, num_kv_heads=2,
+        head_dim=32, tie_embeddings=True, rope_theta=10_000.0))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tp=1))
+
+    c.agent = ml_collections.ConfigDict()
+    c.agent.today = "2026-01-01"  # the date in the system prompt; "" = today (fixed here so cached data match)
+    c.agent.limits = ml_collections.ConfigDict(dict(
+        max_rounds=9, max_tokens_per_turn=192, max_conversation_tokens=2048, images_per_response=5,
+        max_pixels=160000, max_answer_refs=4, prompt="compact"))
+
+    c.tools = ml_collections.ConfigDict(dict(
+        backend="local", world_dir="", image_dir="", extractive_sentences=2, max_images=5, workers=32))
+
+    c.sft = ml_collections.ConfigDict(dict(
+        steps=500, lr=3e-3, warmup_frac=0.05, weight_decay=1e-6, clip_norm=1.0, row_len=2048, rows_per_batch=4,
+        checkpoint_every=100, keep_checkpoints=2))
+
+    c.rl = ml_collections.ConfigDict(dict(
+        steps=30, prompts_per_step=8, group_size=6, lr=2e-4, weight_decay=0.01, clip_norm=1.0,
+        temperature=1.0, top_p=1.0, top_k=0, clip_low=0.2, clip_high=0.28, dual_clip=3.0, kl_coef=0.0,
+        loss_agg="seq-mean-token-sum", normalize_std=True, drop_degenerate_groups=False, mismatch_cap=0.0,
+        num_slots=48, cache_len=2048, checkpoint_every=5, keep_checkpoints=2))
+
+    c.reward = reward_config()
+
+    c.eval = ml_collections.ConfigDict(dict(prompts=100, temperature=1.0, top_p=1.0, num_slots=50, seed=12345))
+
+    if preset in (None, "", "default"):
+        pass
+    elif preset == "test":
+        c.workdir = "runs/grpo_test"
+        c.data.world_size.update(n_train_entities=40, n_eval_entities=12, n_train_prompts=60, n_eval_prompts=8)
+        c.data.expert.sft_prompts = 40
+        c.model.tiny.update(vocab_size=512, hidden_size=64, intermediate_size=128, num_heads=2, num_kv_heads=1)
+        c.sft.update(steps=8, rows_per_batch=2, checkpoint_every=4)
+        c.rl.update(steps=4, prompts_per_step=2, group_size=2, num_slots=4, checkpoint_every=2)
+        c.eval.update(prompts=4, num_slots=4)
+    elif preset == "qwen3_8b":
+        c.workdir = "runs/grpo_qwen3_8b"
+        c.data.world = False
+        c.model.dtype = c.model.param_dtype = "bfloat16"
+        c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tp=1))
+        c.agent.today = ""
+        c.agent.limits.update(max_tokens_per_turn=4096, max_conversation_tokens=36000, max_answer_refs=5,
+                              prompt="full")
+        c.tools.update(backend="http", extractive_sentences=0, workers=128)
+        c.sft.steps = 0  # start from an SFT checkpoint (model.path)
+        c.rl.update(steps=300, lr=1e-6, temperature=0.7, top_p=0.95, num_slots=64, cache_len=36864,
+                    checkpoint_every=20, keep_checkpoints=3)
+        c.reward.update(generator="http", judge="openai")
+        c.eval.update(prompts=630, temperature=0.6, top_p=0.9, num_slots=64)
+    else:
+        raise ValueError(f"unknown preset {preset!r} for configs/grpo.py; expected default, test or qwen3_8b")
+    return c

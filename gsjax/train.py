@@ -1,0 +1,265 @@
+"""SFT then agentic GRPO, then a held-out evaluation: `python -m gsjax.train --config=configs/grpo.py`.
+
+    python -m gsjax.train --config=configs/grpo.py
+        The embedded default, on the CPU: builds the offline world, has the scripted expert write
+        SFT trajectories, warm-starts a tiny policy with SFT, runs GRPO with the world's generator
+        and judge, and prints the held-out mean reward of a no-search baseline, the SFT policy and
+        the GRPO policy.
+    python -m gsjax.train --config=configs/grpo.py:qwen3_8b --config.model.path=/ckpt/Gen-Searcher-SFT-8B ...
+        A real checkpoint, real tools, an OpenAI-compatible judge and a /generate server.
+    python -m gsjax.train --config=configs/sft.py
+        SFT only (then the held-out evaluation of the SFT policy).
+
+Everything a run makes is under `workdir`: the world and data (offline), `policy_sft/` and
+`policy_grpo/` (policy folders, see gsjax/agent/policy.py), `ckpt_sft/` and `ckpt_grpo/`
+(orbax), `metrics.jsonl` and `tensorboard/`, `summary.json`. Rerunning the same command resumes:
+finished phases are skipped, an interrupted phase continues from its last checkpoint with the same
+data order and the same rollout seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+from tqdm import tqdm
+
+from gsjax import config as config_lib
+from gsjax import metrics as metrics_lib
+from gsjax.agent.policy import AGENT_FILE, Policy, load_policy, save_policy
+from gsjax.agent.protocol import AgentLimits
+from gsjax.agent.tools import ToolsConfig, build_toolbox
+from gsjax.agent.tools.toolbox import NoTools
+from gsjax.checkpoint import Checkpointer
+from gsjax.data.formats import SFTExample, read_knowgen, read_rl_data, read_sft_data
+from gsjax.fileio import atomic_write
+from gsjax.models.qwen3 import Qwen3, Qwen3Config
+from gsjax.parallel import initialize_distributed, make_mesh, shard_module
+from gsjax.rewards.backends import build_rewards
+from gsjax.rl.grpo import LossConfig
+from gsjax.rl.loop import GRPOLoop, Prompt, evaluate
+from gsjax.rl.trainer import GRPOConfig, GRPOTrainer
+from gsjax.sampling import SamplingParams
+from gsjax.sft.data import batches, encode
+from gsjax.sft.trainer import SFTConfig, SFTTrainer
+from gsjax.tokenizer import Tokenizer
+
+log = logging.getLogger("gsjax.train")
+
+STEP_LINE = {"reward": "reward", "image_reward": "img", "text_reward": "txt", "advantage_abs_mean": "|adv|",
+             "clip_frac": "clip", "mismatch_abs": "mismatch", "tool_calls": "tools/traj", "answered": "answered",
+             "failed": "failed", "loss": "loss", "sample_tokens_per_s": "sample tok/s",
+             "train_tokens_per_s": "train tok/s"}
+
+
+@dataclasses.dataclass
+class Data:
+    world_dir: Path | None
+    sft: list[SFTExample]
+    rl: list[Prompt]
+    heldout: list[Prompt]
+    tokenizer: Tokenizer
+
+
+def load_data(cfg: ml_collections.ConfigDict, workdir: Path, tools: ToolsConfig, limits: AgentLimits,
+              today: datetime.date) -> Data:
+    """The offline world's assets (built once), or the files the config names."""
+    if cfg.data.world:
+        from gsjax.world.assets import ExpertSpec, WorldSpec, prepare
+
+        a = prepare(workdir, WorldSpec(**cfg.data.world_size), ExpertSpec(**cfg.data.expert), tools, limits,
+                    today, cfg.model.tiny.vocab_size)
+        rl = [Prompt(str(i.id), i.prompt, i.gt_image) for i in a.rl_items]
+        heldout = [Prompt(str(i.id), i.prompt, i.gt_image) for i in a.eval_items]
+        return Data(a.world_dir, a.sft_examples, rl, heldout[: cfg.eval.prompts], a.tokenizer)
+    if not cfg.model.path:
+        raise ValueError("data.world=False needs model.path (a checkpoint folder with tokenizer.json)")
+    sft = read_sft_data(cfg.data.sft_data) if cfg.data.sft_data else []
+    rl = [Prompt(str(i.id), i.prompt, i.gt_image) for i in read_rl_data(cfg.data.rl_data)] if cfg.data.rl_data else []
+    heldout = ([Prompt(str(i.id), i.prompt, i.gt_image) for i in read_knowgen(cfg.data.eval_data)]
+               if cfg.data.eval_data else [])
+    return Data(None, sft, rl, heldout[: cfg.eval.prompts], Tokenizer.from_pretrained(cfg.model.path))
+
+
+def initial_policy(cfg: ml_collections.ConfigDict, tok: Tokenizer, limits: AgentLimits, sampling: SamplingParams,
+                   mesh) -> Policy:
+    if cfg.model.path:
+        policy = load_policy(cfg.model.path, mesh, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype,
+                             progress=True)
+        return dataclasses.replace(policy, limits=limits, sampling=sampling)
+    model_cfg = Qwen3Config(**{**cfg.model.tiny.to_dict(), "vocab_size": tok.vocab_size},
+                            dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype)
+    model = Qwen3(model_cfg, rngs=nnx.Rngs(cfg.seed))
+    shard_module(model, mesh)
+    return Policy(model, tok, limits, sampling)
+
+
+def sft_phase(cfg: ml_collections.ConfigDict, workdir: Path, policy: Policy, examples: list[SFTExample],
+              mlog: metrics_lib.MetricsLog) -> Policy:
+    out = workdir / "policy_sft"
+    if (out / AGENT_FILE).is_file():
+        log.info("SFT: reusing %s", out)
+        return load_policy(out)
+    s = cfg.sft
+    if s.steps == 0:
+        return policy
+    if not examples:
+        raise ValueError("sft.steps > 0 but there are no SFT examples (data.sft_data)")
+    encoded = [encode(policy.tokenizer, ex, s.row_len) for ex in examples]
+    trainer = SFTTrainer(policy.model, SFTConfig(steps=s.steps, lr=s.lr, warmup_frac=s.warmup_frac,
+                                                  weight_decay=s.weight_decay, clip_norm=s.clip_norm))
+    data = batches(encoded, s.row_len, s.rows_per_batch, cfg.seed)
+    with Checkpointer(workdir / "ckpt_sft", keep=s.keep_checkpoints) as ckpt:
+        start = 0
+        if ckpt.latest_step() is not None:
+            state, record = ckpt.restore({"params": trainer.params, "opt": trainer.opt_state})
+            trainer.params, trainer.opt_state = state["params"], state["opt"]
+            start = trainer.step_count = record["step"]
+            log.info("SFT: resuming after step %d", start)
+        for _ in range(start):  # the same batches, in the same order, as an uninterrupted run
+            next(data)
+        bar = tqdm(range(start + 1, s.steps + 1), desc="sft", initial=start, total=s.steps)
+        for step in bar:
+            loss = trainer.train_step(next(data))
+            bar.set_postfix(loss=f"{loss:.3f}")
+            mlog.write("sft", step, {"loss": loss})
+            if step % s.checkpoint_every == 0 or step == s.steps:
+                ckpt.save(step, {"params": trainer.params, "opt": trainer.opt_state}, {"step": step})
+        ckpt.wait()
+    policy = dataclasses.replace(policy, model=trainer.model)
+    save_policy(policy, out)
+    return policy
+
+
+def prompt_stream(n: int, per_step: int, seed: int):
+    """GRPO's prompt indices through grain: shuffled with `seed`, repeated, `per_step` at a time;
+    the iterator's state goes into each checkpoint."""
+    ds = grain.MapDataset.range(n).shuffle(seed=seed).repeat().batch(per_step, drop_remainder=True)
+    return iter(ds.to_iter_dataset())
+
+
+def grpo_phase(cfg: ml_collections.ConfigDict, workdir: Path, policy: Policy, prompts: list[Prompt], toolbox,
+               rewards, today: datetime.date, mlog: metrics_lib.MetricsLog) -> Policy:
+    out = workdir / "policy_grpo"
+    if (out / AGENT_FILE).is_file():
+        log.info("GRPO: reusing %s", out)
+        return load_policy(out)
+    r = cfg.rl
+    if r.steps == 0:
+        return policy
+    if len(prompts) < r.prompts_per_step:
+        raise ValueError(f"rl.prompts_per_step is {r.prompts_per_step} but there are {len(prompts)} RL prompts")
+    loss = LossConfig(clip_low=r.clip_low, clip_high=r.clip_high, dual_clip=r.dual_clip or None,
+                      kl_coef=r.kl_coef, agg=r.loss_agg, mismatch_cap=r.mismatch_cap or None)
+    # The trainer donates its parameters on every step: give it its own copy, the SFT policy is
+    # still evaluated afterwards.
+    graphdef, state = nnx.split(policy.model)
+    trainer = GRPOTrainer(nnx.merge(graphdef, jax.tree.map(jnp.copy, state)), GRPOConfig(
+        lr=r.lr, weight_decay=r.weight_decay, clip_norm=r.clip_norm, temperature=r.temperature,
+        normalize_std=r.normalize_std, drop_degenerate_groups=r.drop_degenerate_groups, loss=loss))
+    sampler = policy.sampler(r.num_slots, r.cache_len, seed=cfg.seed)
+    loop = GRPOLoop(trainer, policy.engine(sampler, toolbox, today), rewards, r.group_size)
+    stream = prompt_stream(len(prompts), r.prompts_per_step, cfg.seed)
+    with Checkpointer(workdir / "ckpt_grpo", keep=r.keep_checkpoints) as ckpt:
+        start = 0
+        if ckpt.latest_step() is not None:
+            state, record = ckpt.restore({"params": trainer.params, "opt": trainer.opt_state})
+            trainer.params, trainer.opt_state = state["params"], state["opt"]
+            stream.set_state(record["data"])
+            start = record["step"]
+            log.info("GRPO: resuming after step %d", start)
+        for step in tqdm(range(start + 1, r.steps + 1), desc="grpo", initial=start, total=r.steps):
+            batch = [prompts[int(i)] for i in next(stream)]
+            m = loop.step(batch, seed=cfg.seed * 1_000_003 + step)
+            mlog.write("grpo", step, m)
+            tqdm.write(metrics_lib.line(step, r.steps, m, STEP_LINE))
+            if step % r.checkpoint_every == 0 or step == r.steps:
+                ckpt.save(step, {"params": trainer.params, "opt": trainer.opt_state},
+                          {"step": step, "data": stream.get_state()})
+        ckpt.wait()
+    policy = dataclasses.replace(policy, model=trainer.model)
+    save_policy(policy, out)
+    return policy
+
+
+def eval_phase(cfg: ml_collections.ConfigDict, workdir: Path, policies: dict[str, Policy], prompts: list[Prompt],
+               toolbox, today: datetime.date) -> dict[str, dict[str, float]]:
+    """Held-out mean reward of each policy; "no_search" is the first policy with its tools off
+    (its answer cannot cite images, so the generator gets its gen_prompt alone: min_refs 0)."""
+    e = cfg.eval
+    sampling = SamplingParams(temperature=e.temperature, top_p=e.top_p)
+    results: dict[str, dict[str, float]] = {}
+    runs = [("no_search", next(iter(policies.values())), NoTools())] + [(n, p, toolbox) for n, p in policies.items()]
+    for name, policy, tools in runs:
+        rewards = build_rewards(cfg.reward, cfg_world(cfg, workdir), workdir / "eval_images" / name,
+                                **({"min_refs": 0} if name == "no_search" else {}))
+        sampler = policy.sampler(e.num_slots, cfg.rl.cache_len, seed=cfg.seed, sampling=sampling)
+        results[name] = evaluate(policy.engine(sampler, tools, today), rewards, prompts, name, seed=e.seed)
+        log.info("held-out %s: %s", name, results[name])
+    return results
+
+
+def cfg_world(cfg: ml_collections.ConfigDict, workdir: Path) -> Path | None:
+    return workdir / "world" if cfg.data.world else None
+
+
+def run(cfg: ml_collections.ConfigDict) -> dict:
+    start = time.perf_counter()
+    initialize_distributed()
+    workdir = Path(cfg.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_lib.save(cfg, workdir / "config.json")
+    today = datetime.date.fromisoformat(cfg.agent.today) if cfg.agent.today else datetime.date.today()
+    limits = AgentLimits(**cfg.agent.limits)
+    tools_cfg = ToolsConfig.from_dict({**cfg.tools.to_dict(), "image_dir": cfg.tools.image_dir
+                                       or str(workdir / "tool_images")})
+    if cfg.data.world:
+        tools_cfg = dataclasses.replace(tools_cfg, backend="local", world_dir=str(workdir / "world"))
+    mesh = make_mesh(cfg.mesh.to_dict())
+    mlog = metrics_lib.MetricsLog(workdir)
+    data = load_data(cfg, workdir, tools_cfg, limits, today)
+    sampling = SamplingParams(temperature=cfg.rl.temperature, top_p=cfg.rl.top_p, top_k=cfg.rl.top_k)
+    policies: dict[str, Policy] = {}
+    with build_toolbox(tools_cfg) as toolbox:
+        policy = sft_phase(cfg, workdir, initial_policy(cfg, data.tokenizer, limits, sampling, mesh), data.sft, mlog)
+        policies["sft"] = policy
+        if cfg.rl.steps > 0:
+            rewards = build_rewards(cfg.reward, cfg_world(cfg, workdir), workdir / "rollout_images")
+            policies["grpo"] = grpo_phase(cfg, workdir, policy, data.rl, toolbox, rewards, today, mlog)
+        results = eval_phase(cfg, workdir, policies, data.heldout, toolbox, today) if data.heldout else {}
+    mlog.close()
+    summary = {"heldout": results, "heldout_prompts": len(data.heldout), "seed": cfg.seed,
+               "minutes": (time.perf_counter() - start) / 60}
+    atomic_write(workdir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    print(format_summary(summary))
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"held-out mean reward ({summary['heldout_prompts']} prompts; failures left out / as 0):"]
+    for name, m in summary["heldout"].items():
+        lines.append(f"  {name:<10} {m['reward']:.3f} / {m['reward_strict']:.3f}   image {m['image_reward']:.3f} "
+                     f"text {m['text_reward']:.3f} answered {m['answered']:.2f} tools/traj {m['tool_calls']:.2f}")
+    lines.append(f"wall time {summary['minutes']:.1f} min")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
+    for noisy in ("bm25s", "absl", "orbax"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    run(config_lib.cli(argv, "configs/grpo.py"))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

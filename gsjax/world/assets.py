@@ -1,0 +1,118 @@
+"""What training on the offline world needs, built once per work folder and reused after:
+the world, the expert's SFT trajectories, the RL and held-out prompts, and a tokenizer.
+
+    workdir/world/            the built world (python -m gsjax.world.build)
+    workdir/data/sft_data.json the expert's correct trajectories on the first `sft_prompts` train
+                               prompts (sharegpt; the reference's format)
+    workdir/data/rl_data.json  the other train prompts: GRPO's prompts, disjoint from SFT's
+    workdir/tokenizer/         a byte-level BPE learned from the SFT trajectories
+
+Each piece is written atomically and reused when present, so an interrupted run picks up where it
+stopped and a rerun costs nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+from pathlib import Path
+
+from gsjax.agent.protocol import AgentLimits
+from gsjax.agent.tools import ToolsConfig, build_toolbox
+from gsjax.data.formats import (
+    KnowGenItem,
+    RLItem,
+    SFTExample,
+    read_knowgen,
+    read_rl_data,
+    read_sft_data,
+    write_rl_data,
+    write_sft_data,
+)
+from gsjax.fileio import atomic_write
+from gsjax.tokenizer import Tokenizer
+from gsjax.world.build import WorldPaths, build_world
+from gsjax.world.expert import is_correct, solve, to_sft_example
+from gsjax.world.prompts import read_truth
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldSpec:
+    seed: int = 0
+    n_train_entities: int = 1000
+    n_eval_entities: int = 150
+    n_train_prompts: int = 1400
+    n_eval_prompts: int = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpertSpec:
+    sft_prompts: int = 1000  # train prompts the expert solves for SFT; the rest are GRPO's
+    top_k: int = 2  # what its search calls ask for
+    image_top_k: int = 1  # what its image_search calls ask for
+
+
+@dataclasses.dataclass(frozen=True)
+class OfflineAssets:
+    world_dir: Path
+    sft_examples: list[SFTExample]
+    rl_items: list[RLItem]
+    eval_items: list[KnowGenItem]
+    tokenizer: Tokenizer
+
+
+def build_world_once(folder: Path, spec: WorldSpec) -> Path:
+    done = folder / ".complete"
+    if not done.is_file():
+        log.info("building the offline world in %s", folder)
+        build_world(folder, **dataclasses.asdict(spec), progress=True)
+        atomic_write(done, b"ok\n")
+    return folder
+
+
+def expert_data_once(path: Path, world_dir: Path, spec: ExpertSpec, tools: ToolsConfig, limits: AgentLimits,
+                     today: datetime.date) -> list[SFTExample]:
+    if path.is_file():
+        return read_sft_data(path)
+    from tqdm import tqdm
+
+    keys = [k for k in read_truth(WorldPaths.at(world_dir).truth).values() if k.split == "train"]
+    keys = keys[: spec.sft_prompts]
+    with build_toolbox(tools) as toolbox:
+        results = [solve(k, toolbox.run, today, limits, spec.top_k, spec.image_top_k)
+                   for k in tqdm(keys, desc="expert trajectories")]
+    solved = [r for r in results if is_correct(r)]
+    log.info("expert solved %d of %d SFT prompts", len(solved), len(results))
+    examples = [to_sft_example(r.episode) for r in solved]
+    write_sft_data(path, examples)
+    return read_sft_data(path)  # as a later run will see it (paths resolved the same way)
+
+
+def tokenizer_once(folder: Path, examples: list[SFTExample], vocab_size: int) -> Tokenizer:
+    if (folder / "tokenizer.json").is_file():
+        return Tokenizer.from_pretrained(folder)
+    texts = [m.content for ex in examples for m in ex.messages]
+    tok = Tokenizer.train_bpe(texts, vocab_size)
+    tok.save(folder)
+    return Tokenizer.from_pretrained(folder)
+
+
+def prepare(workdir: Path, world: WorldSpec, expert: ExpertSpec, tools: ToolsConfig, limits: AgentLimits,
+            today: datetime.date, vocab_size: int) -> OfflineAssets:
+    world_dir = build_world_once(workdir / "world", world)
+    tools = dataclasses.replace(tools, backend="local", world_dir=str(world_dir))
+    examples = expert_data_once(workdir / "data" / "sft_data.json", world_dir, expert, tools, limits, today)
+    rl_path = workdir / "data" / "rl_data.json"
+    if not rl_path.is_file():
+        write_rl_data(rl_path, read_rl_data(WorldPaths.at(world_dir).rl_data)[expert.sft_prompts:])
+    rl_items = read_rl_data(rl_path)
+    if not rl_items:
+        raise ValueError(f"no GRPO prompts left: the world has {world.n_train_prompts} train prompts and "
+                         f"expert.sft_prompts takes {expert.sft_prompts}")
+    tokenizer = tokenizer_once(workdir / "tokenizer", examples, vocab_size)
+    eval_items = read_knowgen(WorldPaths.at(world_dir).knowgen_eval)
+    return OfflineAssets(world_dir, examples, rl_items, eval_items, tokenizer)
+
