@@ -109,15 +109,19 @@ def config_to_hf(cfg: Qwen3Config) -> dict[str, Any]:
     return hf
 
 
-def load_config(folder: str | Path, **overrides: Any) -> Qwen3Config:
-    path = Path(folder) / "config.json"
+def read_json(path: Path, expected: str = "a Hugging Face checkpoint folder") -> dict[str, Any]:
+    """A config file's JSON object; a missing or broken file raises CheckpointError naming it."""
     if not path.is_file():
-        raise CheckpointError(f"{folder}: no config.json (expected a Hugging Face checkpoint folder)")
+        raise CheckpointError(f"{path.parent}: no {path.name} (expected {expected})")
     try:
-        hf = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from e
-    return config_from_hf(hf, str(path), **overrides)
+
+
+def load_config(folder: str | Path, **overrides: Any) -> Qwen3Config:
+    path = Path(folder) / "config.json"
+    return config_from_hf(read_json(path), str(path), **overrides)
 
 
 # ----------------------------------------------------------------------------- tensor layout

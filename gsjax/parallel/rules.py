@@ -29,6 +29,19 @@ DEFAULT_RULES: dict[str, MeshAxes] = {
     "head_dim": None,
     "mlp": "tp",
     "norm": None,
+    # Qwen-Image: AdaLN modulation outputs (6 x embed per block: a large share of the 20B weights)
+    # and the out side of square embed->embed layers go over tp; small inputs stay replicated.
+    "dit_mod": "tp",
+    "embed_out": "tp",
+    "latent": None,
+    "text_embed": None,
+    "time_freq": None,
+    # VAE convolutions (about 0.1B parameters): replicated.
+    "conv_t": None,
+    "conv_h": None,
+    "conv_w": None,
+    "conv_in": None,
+    "conv_out": None,
     # activations
     "act_batch": ("data", "fsdp"),
     "act_len": None,
