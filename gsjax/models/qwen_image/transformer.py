@@ -259,6 +259,7 @@ class QwenImageTransformer(nnx.Module):
         img = constrain(self.img_in(latents.astype(dt)), ("act_batch", "act_len", "act_embed"))
         txt = constrain(self.txt_in(self.txt_norm(text.astype(dt))), ("act_batch", "act_len", "act_embed"))
         temb = self.time_linear_2(jax.nn.silu(self.time_linear_1(timestep_features(timestep).astype(dt))))
+        temb = constrain(temb, ("act_batch", "act_embed"))
         img_angles, txt_angles = rope_angles(img_shapes, text.shape[1], cfg.axes_dims_rope)
         rope = (jnp.cos(img_angles), jnp.sin(img_angles), jnp.cos(txt_angles), jnp.sin(txt_angles))
         key_mask = None
