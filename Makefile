@@ -24,6 +24,7 @@ bench: install
 	$(PY) -m gsjax.bench.train_step
 	$(PY) -m gsjax.bench.tools
 	$(PY) -m gsjax.bench.rewards
+	$(PY) -m gsjax.bench.diffusion
 
 clean:
 	rm -rf $(VENV) .pytest_cache

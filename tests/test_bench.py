@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from gsjax.bench import common, sampler, train_step
+from gsjax.bench import common, diffusion, sampler, train_step
 
 TOY_MODEL = [
     "--layers", "1", "--hidden", "32", "--heads", "2", "--kv-heads", "1", "--head-dim", "16", "--mlp", "64",
@@ -44,3 +44,10 @@ def test_train_step_bench_starts_and_ends_at_the_same_loss_as_torch():
     assert math.isfinite(result.ratio.median) and result.ratio.median > 0
     assert math.isclose(*result.initial_loss, abs_tol=1e-5)
     assert math.isclose(*result.final_loss, abs_tol=1e-4)
+
+
+@pytest.mark.slow
+def test_diffusion_bench_gives_the_same_image_as_diffusers():
+    result = diffusion.main(["--steps", "2", "--size", "32", "--layers", "1", *ONE_ROUND])
+    assert result.outputs_match and result.max_pixel_diff <= 1.5 / 255
+    assert math.isfinite(result.ratio.median) and result.ratio.median > 0
