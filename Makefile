@@ -25,6 +25,7 @@ bench: install
 	$(PY) -m gsjax.bench.tools
 	$(PY) -m gsjax.bench.rewards
 	$(PY) -m gsjax.bench.diffusion
+	$(PY) -m gsjax.bench.rollout
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -47,6 +47,17 @@ def test_train_step_bench_starts_and_ends_at_the_same_loss_as_torch():
 
 
 @pytest.mark.slow
+def test_rollout_bench_overlaps_tool_waits_of_a_replayed_group(capsys):
+    from gsjax.bench import rollout
+
+    result = rollout.main(["--prompts", "2", "--group", "2", "--latency", "0.1", "--repeats", "1", *TOY_MODEL])
+    # 4 trajectories of 3+ tool calls at 100 ms each: the group must overlap them.
+    assert result.tool_calls >= 12 and result.critical_s >= 0.3
+    assert result.speedup_over_serial > 1.5
+    assert "group / critical path" in capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_diffusion_bench_gives_the_same_image_as_diffusers():
     result = diffusion.main(["--steps", "2", "--size", "32", "--layers", "1", *ONE_ROUND])
     assert result.outputs_match and result.max_pixel_diff <= 1.5 / 255

@@ -214,3 +214,15 @@ def _drain(sampler):
     while sampler.busy:
         turns += sampler.step()
     return turns
+
+
+def test_forced_tokens_are_emitted_with_the_models_logprobs_then_sampling_resumes(model):
+    t08 = SamplingParams(temperature=0.8)
+    sampler = Sampler(model, num_slots=2, cache_len=128, params=t08, seed=0, chunk=4)
+    prompt, script = _prompt(10, 5), _prompt(7, 6)
+    sampler.start(0, prompt, 12, forced=script)  # 7 forced over two chunks, then 5 drawn
+    sampler.start(1, _prompt(10, 7), 12)
+    turn = next(tr for tr in _drain(sampler) if tr.slot == 0)
+    assert turn.tokens[:7] == script and len(turn.tokens) == 12
+    full = np.asarray(_logprobs_t08(model, jnp.asarray([prompt + turn.tokens])))[0]
+    np.testing.assert_allclose(turn.logprobs, full[len(prompt):], atol=1e-4)

@@ -65,3 +65,11 @@ def sample(logits: jax.Array, key: jax.Array, params: SamplingParams) -> tuple[j
         choice = _categorical(key, top_logits)
         tokens = jnp.take_along_axis(top_ids, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
     return tokens, jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
+
+
+def token_logprob(logits: jax.Array, tokens: jax.Array, params: SamplingParams) -> jax.Array:
+    """Log-probability of given `tokens` [B] under the distribution `sample` reports for them."""
+    logits = logits.astype(jnp.float32)
+    if params.temperature > 0.0:
+        logits = logits / params.temperature
+    return jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tokens[:, None], axis=-1)[:, 0]

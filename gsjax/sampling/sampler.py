@@ -30,7 +30,7 @@ import numpy as np
 from flax import nnx
 
 from gsjax.models.qwen3 import KVCache, LayerCache, Qwen3, init_cache
-from gsjax.sampling.logits import SamplingParams, sample
+from gsjax.sampling.logits import SamplingParams, sample, token_logprob
 
 
 class FinishReason(str, enum.Enum):
@@ -73,6 +73,7 @@ class _Slot:
     running: bool = False
     budget: int = 0
     seed: int = 0  # with the position, decides every draw of this conversation
+    forced: list[int] = dataclasses.field(default_factory=list)  # tokens this turn emits instead of drawing
     queued: list[int] = dataclasses.field(default_factory=list)  # tokens waiting for prefill
     out_tokens: list[int] = dataclasses.field(default_factory=list)
     out_logprobs: list[float] = dataclasses.field(default_factory=list)
@@ -128,28 +129,34 @@ class Sampler:
         """Sample from `model`'s current parameters from now on (after a training step)."""
         self._graphdef, self._weights = nnx.split(model)
 
-    def start(self, slot: int, ids: Sequence[int], max_new_tokens: int, seed: int | None = None) -> None:
+    def start(self, slot: int, ids: Sequence[int], max_new_tokens: int, seed: int | None = None,
+              forced: Sequence[int] = ()) -> None:
         """Begin a new conversation in `slot` with prompt `ids`, then generate one turn.
 
         Each token is drawn with a key made from the sampler's seed, the conversation's `seed` and
         the token's position, so a conversation samples the same tokens whatever slot it is in,
         whatever else is decoding and whenever its tool results come back.
+
+        `forced` (teacher forcing): the turn emits these tokens, in order, instead of drawing
+        (each with its log-probability under the model), then draws as usual; the compute is the
+        same as sampling. Replays of known trajectories use it.
         """
         if not ids:
             raise ValueError("start() needs at least one prompt token")
         if seed is None:
             seed = int(self._seeds.integers(2**31))
         self._slots[slot] = _Slot(seed=int(seed) % 2**31)
-        self._queue(slot, ids, max_new_tokens)
+        self._queue(slot, ids, max_new_tokens, forced)
 
-    def append(self, slot: int, ids: Sequence[int], max_new_tokens: int) -> None:
-        """Add `ids` after what `slot` holds (the last turn included), then generate one turn."""
+    def append(self, slot: int, ids: Sequence[int], max_new_tokens: int, forced: Sequence[int] = ()) -> None:
+        """Add `ids` after what `slot` holds (the last turn included), then generate one turn
+        (`forced` as in `start`)."""
         s = self._slots[slot]
         if s.running:
             raise ValueError(f"slot {slot} is still generating; append after its turn ends")
         if s.pending is None and not s.queued and not ids:
             raise ValueError(f"slot {slot} is empty; use start()")
-        self._queue(slot, ids, max_new_tokens)
+        self._queue(slot, ids, max_new_tokens, forced)
 
     def free(self, slot: int) -> None:
         self._slots[slot] = _Slot()
@@ -191,7 +198,7 @@ class Sampler:
 
     # ------------------------------------------------------------------ prefill
 
-    def _queue(self, slot: int, ids: Sequence[int], max_new_tokens: int) -> None:
+    def _queue(self, slot: int, ids: Sequence[int], max_new_tokens: int, forced: Sequence[int] = ()) -> None:
         s = self._slots[slot]
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -199,6 +206,7 @@ class Sampler:
         s.budget = max_new_tokens
         s.running = True
         s.out_tokens, s.out_logprobs = [], []
+        s.forced = [int(t) for t in forced]
 
     def _prefill_queued(self) -> list[Turn]:
         """Write queued tokens (after each slot's pending token) into the cache, in buckets."""
@@ -265,9 +273,14 @@ class Sampler:
             np.int32,
         )
         seeds = np.array([s.seed for s in slots], np.int32)
+        forced = np.full((self.chunk, len(slots)), -1, np.int32)
+        for i, s in enumerate(slots):
+            if s.running and s.forced:
+                head = s.forced[: self.chunk]
+                forced[: len(head), i] = head
         with self._on_mesh():
             self._cache, out = self._decode_fn(self._weights, self._cache, lengths, pending, running, room, seeds,
-                                               self._key)
+                                               forced, self._key)
         tokens, logprobs, emitted, stopped, new_lengths = jax.device_get(out)
 
         finished: list[Turn] = []
@@ -277,6 +290,7 @@ class Sampler:
             new = tokens[:n, i].tolist()
             before = len(s.out_tokens)
             s.out_tokens += new
+            s.forced = s.forced[n:]
             s.out_logprobs += logprobs[:n, i].tolist()
             s.length = int(new_lengths[i])
             if n:
@@ -295,18 +309,21 @@ class Sampler:
                 finished.append(turn)
         return finished
 
-    def _decode_impl(self, weights, cache, lengths, pending, running, room, seeds, key):
+    def _decode_impl(self, weights, cache, lengths, pending, running, room, seeds, forced, key):
         self.compile_counts["decode"] += 1
         model = nnx.merge(self._graphdef, weights)
         stop_ids = jnp.asarray(self.stop_token_ids or (-1,), jnp.int32)
 
         slot_keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(seeds)
 
-        def body(carry, _):
+        def body(carry, force):
             cache, lengths, pending, running, room = carry
             hidden, cache = model.forward_cached(pending[:, None], cache, lengths)
             row_keys = jax.vmap(jax.random.fold_in)(slot_keys, lengths)  # the position being sampled
-            tok, lp = sample(model.logits(hidden[:, 0]), row_keys, self.params)
+            logits = model.logits(hidden[:, 0])
+            tok, lp = sample(logits, row_keys, self.params)
+            tok = jnp.where(force >= 0, force, tok)
+            lp = jnp.where(force >= 0, token_logprob(logits, jnp.maximum(force, 0), self.params), lp)
             emit = running
             lengths = lengths + emit
             pending = jnp.where(emit, tok, pending)
@@ -316,7 +333,7 @@ class Sampler:
             return (cache, lengths, pending, running, room), (tok, lp, emit, hit_stop)
 
         (cache, lengths, _, _, _), (tok, lp, emit, hit) = jax.lax.scan(
-            body, (cache, lengths, pending, running, room), length=self.chunk
+            body, (cache, lengths, pending, running, room), forced
         )
         return cache, (tok, lp, emit, hit.any(axis=0), lengths)
 

@@ -105,7 +105,7 @@ def solve(key: AnswerKey, run_tool: RunToolFn, today: datetime.date, limits: Age
         step = group[0]
         if step.tool == "search":
             queries = [g.query for g in group]
-            s.call(f"I should search for {' and '.join(map(repr, queries))} to learn what the prompt refers to.",
+            s.call(f"Search for {' and '.join(queries)}.",
                    ToolCall("search", {"queries": queries, "top_k": top_k}))
         elif step.tool == "browse":
             link = None
@@ -116,10 +116,10 @@ def solve(key: AnswerKey, run_tool: RunToolFn, today: datetime.date, limits: Age
             if link is None:
                 s.missing.append(f"no search result linked to {step.url}")
                 continue
-            s.call(f"The result {link} should answer this; I will read it.",
+            s.call("Read the page that should answer this.",
                    ToolCall("browse", {"url": link, "query": step.query}))
         elif step.tool == "image_search":
-            s.call(f"Now I need a photo of {step.query} to use as a reference.",
+            s.call(f"Find a photo of {step.query}.",
                    ToolCall("image_search", {"query": step.query, "top_k": image_top_k}))
             subject = next(n for n in key.names if n.lower() in step.query.lower())
             img_id = _image_for(s.read[-1], subject)
@@ -139,7 +139,7 @@ def solve(key: AnswerKey, run_tool: RunToolFn, today: datetime.date, limits: Age
         s.missing.append(f"text {key.text!r} never read")
 
     answer = Answer(_ordered_prompt(key, refs) if refs else "", tuple(sorted(refs, key=lambda r: r.img_id)))
-    think = "I have what the picture needs: the subject, its looks" + (" and the text." if key.text else ".")
+    think = "I have the subject, its looks" + (" and the text." if key.text else ".")
     final = s.episode.on_assistant(f"<think>{think}</think>\n{render_answer(answer)}", "stop")
     if not isinstance(final, Done):  # an answer is never a tool error; kept total all the same
         s.episode.abort(Termination.NO_ANSWER)
