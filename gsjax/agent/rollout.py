@@ -163,10 +163,10 @@ class RolloutEngine:
         lv.rendered = len(lv.episode.messages)
         ids = self.tok.render_chat([_plain(m) for m in new], add_generation_prompt=True,
                                    image_pad_tokens=self.image_pad_tokens).ids
-        lv.add(ids, 0)
-        if not self._fits(len(lv.tokens)):
+        if not self._fits(len(lv.tokens) + len(ids)):  # the policy never sees what does not fit
             lv.episode.abort(Termination.MAX_TOKENS)
             return
+        lv.add(ids, 0)
         self.sampler.append(slot, lv.closing + ids, self._turn_budget)
 
     def _task_seed(self, task: Task) -> int | None:

@@ -102,6 +102,7 @@ class GRPOTrainer(TrainState):
             batch["ref_logprobs"] = self._ref_logprobs(self.ref_params, jnp.asarray(batch["tokens"]))
         metrics = self.update(batch)
         metrics["advantage_abs_mean"] = float(np.abs(batch["advantages"]).mean())
+        metrics["batch_len"] = float(batch["tokens"].shape[1])  # the length bucket
         return metrics
 
 
