@@ -1,7 +1,8 @@
 """The reward's generator and judge, chosen by config (`reward.generator`, `reward.judge`).
 
     generator: "world" (the offline world's renderer) | "http" (servers speaking the reference's
-               POST /generate; `reward.generator_urls`)
+               POST /generate; `reward.generator_urls`) | "jax" (Qwen-Image-Edit in this process:
+               `reward.generator_model`, a diffusers folder, and `reward.generator_text_encoder`)
     judge:     "world" (the offline world's answer keys and pixels) | "openai" (any
                OpenAI-compatible chat API; the key is read from the variable `reward.judge_key_env`)
 """
@@ -17,7 +18,7 @@ from gsjax.rewards.generator import ImageGenerator, WorldGenerator
 from gsjax.rewards.judge import Judge, WorldJudgeBackend
 from gsjax.rewards.types import RewardSettings
 
-GENERATORS = ("world", "http")
+GENERATORS = ("world", "http", "jax")
 JUDGES = ("world", "openai")
 
 
@@ -30,6 +31,13 @@ def build_generator(cfg: ml_collections.ConfigDict, world_dir: Path | str | None
         from gsjax.rewards.generator_http import HttpGenerator
 
         return HttpGenerator(list(cfg.generator_urls), per_url_concurrency=cfg.generator_slots_per_url)
+    if cfg.generator == "jax":
+        from gsjax.rewards.generator_jax import JaxGenerator
+
+        if not cfg.generator_model or not cfg.generator_text_encoder:
+            raise ValueError("reward.generator='jax' needs reward.generator_model (a diffusers Qwen-Image-Edit "
+                             "folder) and reward.generator_text_encoder (a Qwen2-layout LM folder)")
+        return JaxGenerator.from_folders(cfg.generator_model, cfg.generator_text_encoder, dtype=cfg.generator_dtype)
     raise ValueError(f"reward.generator must be one of {GENERATORS}, got {cfg.generator!r}")
 
 
@@ -57,6 +65,7 @@ def reward_config() -> ml_collections.ConfigDict:
     """The `reward` block of the training and evaluation configs, with the reference's values."""
     return ml_collections.ConfigDict(dict(
         generator="world", generator_urls=(), generator_slots_per_url=8,
+        generator_model="", generator_text_encoder="", generator_dtype="bfloat16",
         judge="world", judge_base_url="", judge_model="gpt-4.1", judge_key_env="OPENAI_API_KEY",
         text_coef=0.5, min_refs=1, max_refs=4, workers=16,
     ))
