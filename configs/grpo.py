@@ -27,7 +27,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.data.world = True  # the offline world (built in workdir/world); False = the files below
     c.data.world_size = ml_collections.ConfigDict(dict(
         seed=0, n_train_entities=1000, n_eval_entities=150, n_train_prompts=1400, n_eval_prompts=100))
-    c.data.expert = ml_collections.ConfigDict(dict(sft_prompts=1000, top_k=2, image_top_k=1))
+    c.data.expert = ml_collections.ConfigDict(dict(sft_prompts=1000, top_k=1, image_top_k=1))
     c.data.sft_data = ""  # sft_data.json (sharegpt)
     c.data.rl_data = ""  # rl_data.json
     c.data.eval_data = ""  # a KnowGen-format benchmark file (held-out prompts)
@@ -51,14 +51,14 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         backend="local", world_dir="", image_dir="", extractive_sentences=2, max_images=5, workers=32))
 
     c.sft = ml_collections.ConfigDict(dict(
-        steps=500, lr=3e-3, warmup_frac=0.05, weight_decay=1e-6, clip_norm=1.0, row_len=2048, rows_per_batch=4,
+        steps=600, lr=3e-3, warmup_frac=0.05, weight_decay=1e-6, clip_norm=1.0, row_len=1024, rows_per_batch=2,
         checkpoint_every=100, keep_checkpoints=2))
 
     c.rl = ml_collections.ConfigDict(dict(
-        steps=30, prompts_per_step=8, group_size=6, lr=2e-4, weight_decay=0.01, clip_norm=1.0,
+        steps=20, prompts_per_step=8, group_size=4, lr=2e-4, weight_decay=0.01, clip_norm=1.0,
         temperature=1.0, top_p=1.0, top_k=0, clip_low=0.2, clip_high=0.28, dual_clip=3.0, kl_coef=0.0,
         loss_agg="seq-mean-token-sum", normalize_std=True, drop_degenerate_groups=False, mismatch_cap=0.0,
-        num_slots=48, cache_len=2048, checkpoint_every=5, keep_checkpoints=2))
+        num_slots=32, cache_len=2048, checkpoint_every=5, keep_checkpoints=2))
 
     c.reward = reward_config()
 

@@ -50,3 +50,43 @@ def line(step: int, total: int, metrics: dict[str, float], keys: dict[str, str])
             value = metrics[name]
             parts.append(f"{label} {value:.3g}" if isinstance(value, float) else f"{label} {value}")
     return " ".join(parts)
+
+
+def plot(series: dict[str, list[tuple[int, float]]], path: Path | str, title: str, size=(640, 360)) -> Path:
+    """A line chart of (step, value) series as a PNG (PIL only; no plotting library needed)."""
+    from PIL import Image, ImageDraw
+
+    w, h = size
+    left, right, top, bottom = 48, 16, 28, 32
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    points = [p for s in series.values() for p in s]
+    if not points:
+        raise ValueError("plot: no points to draw")
+    x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
+    y0, y1 = min(0.0, min(p[1] for p in points)), max(1e-9, max(p[1] for p in points))
+    x1 = x1 if x1 > x0 else x0 + 1
+
+    def xy(step: float, value: float) -> tuple[float, float]:
+        return (left + (step - x0) / (x1 - x0) * (w - left - right),
+                h - bottom - (value - y0) / (y1 - y0) * (h - top - bottom))
+
+    d.rectangle([left, top, w - right, h - bottom], outline="black")
+    for frac in (0.0, 0.5, 1.0):
+        value = y0 + frac * (y1 - y0)
+        d.text((4, xy(x0, value)[1] - 6), f"{value:.2f}", fill="black")
+    d.text((left, h - bottom + 6), str(x0), fill="black")
+    d.text((w - right - 24, h - bottom + 6), str(x1), fill="black")
+    d.text((left, 6), title, fill="black")
+    colors = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
+    for i, (name, pts) in enumerate(series.items()):
+        color = colors[i % len(colors)]
+        if len(pts) > 1:
+            d.line([xy(*p) for p in sorted(pts)], fill=color, width=2)
+        for p in pts:
+            cx, cy = xy(*p)
+            d.ellipse([cx - 2, cy - 2, cx + 2, cy + 2], fill=color)
+        d.text((w - right - 150, top + 6 + 14 * i), name, fill=color)
+    path = Path(path)
+    img.save(path)
+    return path

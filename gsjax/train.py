@@ -104,26 +104,51 @@ def initial_policy(cfg: ml_collections.ConfigDict, tok: Tokenizer, limits: Agent
     return Policy(model, tok, limits, sampling)
 
 
+def _finished(out: Path, phase: str) -> Policy | None:
+    """The policy a finished phase wrote, if it did (a rerun skips the phase)."""
+    if not (out / AGENT_FILE).is_file():
+        return None
+    log.info("%s: reusing %s", phase, out)
+    return load_policy(out)
+
+
+def _restore(ckpt: Checkpointer, trainer) -> dict | None:
+    """Put the latest checkpoint's parameters and optimizer state into `trainer`; its record."""
+    if ckpt.latest_step() is None:
+        return None
+    state, record = ckpt.restore({"params": trainer.params, "opt": trainer.opt_state})
+    trainer.params, trainer.opt_state = state["params"], state["opt"]
+    return record
+
+
+def _save(ckpt: Checkpointer, trainer, record: dict) -> None:
+    ckpt.save(record["step"], {"params": trainer.params, "opt": trainer.opt_state}, record)
+
+
 def sft_phase(cfg: ml_collections.ConfigDict, workdir: Path, policy: Policy, examples: list[SFTExample],
               mlog: metrics_lib.MetricsLog) -> Policy:
     out = workdir / "policy_sft"
-    if (out / AGENT_FILE).is_file():
-        log.info("SFT: reusing %s", out)
-        return load_policy(out)
+    if done := _finished(out, "SFT"):
+        return done
     s = cfg.sft
     if s.steps == 0:
         return policy
     if not examples:
         raise ValueError("sft.steps > 0 but there are no SFT examples (data.sft_data)")
-    encoded = [encode(policy.tokenizer, ex, s.row_len) for ex in examples]
+    encoded = [encode(policy.tokenizer, ex, s.row_len + 1) for ex in examples]
+    kept = [e for e in encoded if len(e.ids) <= s.row_len]  # a cut trajectory would lose its answer
+    if not kept:
+        raise ValueError(f"every SFT example is longer than sft.row_len={s.row_len} tokens")
+    if len(kept) < len(encoded):
+        log.info("SFT: %d of %d examples are longer than sft.row_len=%d tokens and are left out",
+                 len(encoded) - len(kept), len(encoded), s.row_len)
+    encoded = kept
     trainer = SFTTrainer(policy.model, SFTConfig(steps=s.steps, lr=s.lr, warmup_frac=s.warmup_frac,
                                                   weight_decay=s.weight_decay, clip_norm=s.clip_norm))
     data = batches(encoded, s.row_len, s.rows_per_batch, cfg.seed)
     with Checkpointer(workdir / "ckpt_sft", keep=s.keep_checkpoints) as ckpt:
         start = 0
-        if ckpt.latest_step() is not None:
-            state, record = ckpt.restore({"params": trainer.params, "opt": trainer.opt_state})
-            trainer.params, trainer.opt_state = state["params"], state["opt"]
+        if record := _restore(ckpt, trainer):
             start = trainer.step_count = record["step"]
             log.info("SFT: resuming after step %d", start)
         for _ in range(start):  # the same batches, in the same order, as an uninterrupted run
@@ -134,7 +159,7 @@ def sft_phase(cfg: ml_collections.ConfigDict, workdir: Path, policy: Policy, exa
             bar.set_postfix(loss=f"{loss:.3f}")
             mlog.write("sft", step, {"loss": loss})
             if step % s.checkpoint_every == 0 or step == s.steps:
-                ckpt.save(step, {"params": trainer.params, "opt": trainer.opt_state}, {"step": step})
+                _save(ckpt, trainer, {"step": step})
         ckpt.wait()
     policy = dataclasses.replace(policy, model=trainer.model)
     save_policy(policy, out)
@@ -151,9 +176,8 @@ def prompt_stream(n: int, per_step: int, seed: int):
 def grpo_phase(cfg: ml_collections.ConfigDict, workdir: Path, policy: Policy, prompts: list[Prompt], toolbox,
                rewards, today: datetime.date, mlog: metrics_lib.MetricsLog) -> Policy:
     out = workdir / "policy_grpo"
-    if (out / AGENT_FILE).is_file():
-        log.info("GRPO: reusing %s", out)
-        return load_policy(out)
+    if done := _finished(out, "GRPO"):
+        return done
     r = cfg.rl
     if r.steps == 0:
         return policy
@@ -172,9 +196,7 @@ def grpo_phase(cfg: ml_collections.ConfigDict, workdir: Path, policy: Policy, pr
     stream = prompt_stream(len(prompts), r.prompts_per_step, cfg.seed)
     with Checkpointer(workdir / "ckpt_grpo", keep=r.keep_checkpoints) as ckpt:
         start = 0
-        if ckpt.latest_step() is not None:
-            state, record = ckpt.restore({"params": trainer.params, "opt": trainer.opt_state})
-            trainer.params, trainer.opt_state = state["params"], state["opt"]
+        if record := _restore(ckpt, trainer):
             stream.set_state(record["data"])
             start = record["step"]
             log.info("GRPO: resuming after step %d", start)
@@ -184,8 +206,7 @@ def grpo_phase(cfg: ml_collections.ConfigDict, workdir: Path, policy: Policy, pr
             mlog.write("grpo", step, m)
             tqdm.write(metrics_lib.line(step, r.steps, m, STEP_LINE))
             if step % r.checkpoint_every == 0 or step == r.steps:
-                ckpt.save(step, {"params": trainer.params, "opt": trainer.opt_state},
-                          {"step": step, "data": stream.get_state()})
+                _save(ckpt, trainer, {"step": step, "data": stream.get_state()})
         ckpt.wait()
     policy = dataclasses.replace(policy, model=trainer.model)
     save_policy(policy, out)
@@ -238,7 +259,12 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
             policies["grpo"] = grpo_phase(cfg, workdir, policy, data.rl, toolbox, rewards, today, mlog)
         results = eval_phase(cfg, workdir, policies, data.heldout, toolbox, today) if data.heldout else {}
     mlog.close()
+    grpo = sorted((r["step"], r["reward"]) for r in metrics_lib.read(mlog.path) if r["phase"] == "grpo")
+    if grpo:
+        metrics_lib.plot({"GRPO training reward": grpo}, workdir / "grpo_curve.png",
+                         "mean reward of each GRPO step's rollouts")
     summary = {"heldout": results, "heldout_prompts": len(data.heldout), "seed": cfg.seed,
+               "grpo_reward_by_step": [v for _, v in grpo],
                "minutes": (time.perf_counter() - start) / 60}
     atomic_write(workdir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     print(format_summary(summary))

@@ -414,3 +414,13 @@ def test_search_finds_names_event_clues_and_photos_among_thousands():
                     hits[hop.relation].append(top in entity_pages | {hop.page})
     assert all(hits["name"]) and all(hits["event"]) and all(hits["image"])
     assert np.mean(hits["place"] + hits["maker"]) > 0.9
+
+
+def test_a_world_built_into_a_relative_folder_names_files_that_exist(tmp_path, monkeypatch):
+    from gsjax.data.formats import read_knowgen, read_rl_data
+    from gsjax.world.build import build_preset
+
+    monkeypatch.chdir(tmp_path)
+    build_preset("rel/world", "tiny")
+    items = read_knowgen("rel/world/knowgen_eval.json") + read_rl_data("rel/world/rl_data.json")
+    assert items and all(Path(i.gt_image).is_file() for i in items)

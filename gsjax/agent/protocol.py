@@ -223,12 +223,10 @@ TOO_LONG_MESSAGE = (
 
 
 _COMPACT_PROMPT = """\
-Find what the image needs with the tools, then answer. Each round: <think>...</think> then one \
-<tool_call>{{"name": ..., "arguments": {{...}}}}</tool_call> or one <answer>.
-Tools: search {{"queries": [str], "top_k": int}}; image_search {{"query": str, "top_k": int}}; \
-browse {{"url": str, "query": str}}. At most {max_tool_calls} tool calls.
-<answer>{{"gen_prompt": str, "reference_images": [{{"img_id": "IMG_001", "note": str}}]}}</answer> \
-uses at most {max_refs} images, by id, in id order.
+Use the tools, then answer. Each round: <think>...</think> then one <tool_call>{{"name": ..., \
+"arguments": {{...}}}}</tool_call> or <answer>{{"gen_prompt": ..., "reference_images": [{{"img_id": \
+..., "note": ...}}]}}</answer>. Tools: search(queries, top_k), image_search(query, top_k), \
+browse(url, query). At most {max_tool_calls} tool calls and {max_refs} images.
 Today's date: """
 
 

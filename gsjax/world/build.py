@@ -145,7 +145,7 @@ def build_world(out_dir: Path | str, seed: int = 0,
     gain from it, if this process can fork safely (no JAX or PyTorch imported); otherwise 1. With
     an explicit `workers` > 1 and JAX imported, the workers are spawned, which re-imports the main
     module: call from a `python -m` entry point or under `if __name__ == "__main__":`."""
-    paths = WorldPaths.at(out_dir)
+    paths = WorldPaths.at(Path(out_dir).absolute())  # rows hold paths relative to their files
     _clear(paths)
     world = make_world(seed, n_train_entities, n_eval_entities)
     size = WorldSize(n_train_entities, n_eval_entities, n_train_prompts, n_eval_prompts)
