@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 run: install
-	$(PY) -m gsjax.sample --config=configs/sample.py
+	$(PY) -m gsjax.train --config=configs/grpo.py
 
 test: install
 	$(PY) -m pytest -q
