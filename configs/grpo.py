@@ -44,21 +44,21 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.agent = ml_collections.ConfigDict()
     c.agent.today = "2026-01-01"  # the date in the system prompt; "" = today (fixed here so cached data match)
     c.agent.limits = ml_collections.ConfigDict(dict(
-        max_rounds=9, max_tokens_per_turn=192, max_conversation_tokens=2048, images_per_response=5,
+        max_rounds=9, max_tokens_per_turn=192, max_conversation_tokens=1024, images_per_response=5,
         max_pixels=160000, max_answer_refs=4, prompt="compact"))
 
     c.tools = ml_collections.ConfigDict(dict(
         backend="local", world_dir="", image_dir="", extractive_sentences=2, max_images=5, workers=32))
 
     c.sft = ml_collections.ConfigDict(dict(
-        steps=600, lr=3e-3, warmup_frac=0.05, weight_decay=1e-6, clip_norm=1.0, row_len=1024, rows_per_batch=2,
+        steps=1000, lr=3e-3, warmup_frac=0.05, weight_decay=1e-6, clip_norm=1.0, row_len=1024, rows_per_batch=2,
         checkpoint_every=100, keep_checkpoints=2))
 
     c.rl = ml_collections.ConfigDict(dict(
-        steps=20, prompts_per_step=8, group_size=4, lr=2e-4, weight_decay=0.01, clip_norm=1.0,
+        steps=20, prompts_per_step=8, group_size=4, lr=5e-4, weight_decay=0.01, clip_norm=1.0,
         temperature=1.0, top_p=1.0, top_k=0, clip_low=0.2, clip_high=0.28, dual_clip=3.0, kl_coef=0.0,
         loss_agg="seq-mean-token-sum", normalize_std=True, drop_degenerate_groups=False, mismatch_cap=0.0,
-        num_slots=32, cache_len=2048, checkpoint_every=5, keep_checkpoints=2))
+        num_slots=32, cache_len=1024, checkpoint_every=5, keep_checkpoints=2))
 
     c.reward = reward_config()
 
