@@ -49,3 +49,17 @@ def test_failed_samples_are_out_of_the_loss_and_the_statistics():
     assert batch.loss_mask[2].sum() == 0 and batch.advantages[2] == 0.0
     np.testing.assert_allclose(batch.advantages[:2], [0.7071, -0.7071], atol=1e-3)
     assert batch.tokens.shape == (3, 8)
+
+
+def test_kl_to_the_frozen_starting_policy_is_zero_first_then_grows():
+    model = Qwen3(tiny_config(vocab_size=32), rngs=nnx.Rngs(0))
+    trainer = GRPOTrainer(model, GRPOConfig(lr=1e-2, temperature=1.0, length_buckets=(8,),
+                                            loss=LossConfig(kl_coef=0.1)))
+    rs = np.random.RandomState(0)
+    samples = [Sample(rs.randint(0, 32, 6).tolist(), [0, 0, 1, 1, 1, 1], [0.0] * 6, [0] * 6, group=i // 4,
+                      reward=float(i % 2)) for i in range(8)]
+    first = trainer.step(samples)
+    for _ in range(5):
+        last = trainer.step(samples)
+    assert abs(first["kl_ref"]) < 1e-6  # the learner starts at the reference
+    assert last["kl_ref"] > 1e-4  # and moves away from it; the KL term measures that
