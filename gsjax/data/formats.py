@@ -7,6 +7,8 @@
 - sft_data.json (sharegpt, as LLaMA-Factory reads it): `[{"messages": [{"role", "content"}...],
   "images": [path...]}]`, roles system / user / assistant, and exactly one `<image>` marker in
   the user turns per image.
+- WISE (the paper's three files and WISE_Verified's): `[{"Prompt", "Explanation", "Category",
+  "Subcategory", "prompt_id"}]`; a category must be one of WISE's six (`wise_category`).
 
 Paths inside a file are relative to the file's folder. Readers return them resolved (absolute);
 writers write a path inside the file's folder relative to it, leave other absolute paths as they
@@ -37,6 +39,10 @@ CATEGORY_GROUPS: dict[str, frozenset[str]] = {
         "anime", "game", "film", "celebrities", "posters", "multi-subject-anime",
         "multi-subject-celebrities", "multi-subject-game", "news"}),
 }
+# WISE's categories as they are written in its files -> the short names its scores use.
+WISE_CATEGORIES: dict[str, str] = {
+    "Cultural knowledge": "cultural", "time": "time", "Space": "space", "Biology": "biology",
+    "Physical Knowledge": "physics", "Chemistry": "chemistry"}
 KNOWN_DIFFICULTIES = ("easy", "multiple subject")  # the values seen in KnowGen; others are allowed
 SFT_ROLES = ("system", "user", "assistant")
 IMAGE_MARKER = "<image>"
@@ -51,6 +57,17 @@ def category_group(category: str) -> str:
             return group
     known = sorted(c for cats in CATEGORY_GROUPS.values() for c in cats)
     raise ValueError(f"category {category!r} is in neither KnowGen group; expected one of {known}")
+
+
+def wise_category(category: str) -> str:
+    """The short name ('cultural', 'time', 'space', 'biology', 'physics', 'chemistry') of a WISE
+    category as its files write it (compared stripped and case-insensitively); ValueError when it
+    is none of the six."""
+    key = category.strip().lower()
+    for name, short in WISE_CATEGORIES.items():
+        if key in (name.lower(), short):
+            return short
+    raise ValueError(f"category {category!r} is not a WISE category; expected one of {list(WISE_CATEGORIES)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +88,19 @@ class RLItem:
     id: str | int
     prompt: str
     gt_image: str  # absolute after reading
+
+
+@dataclasses.dataclass(frozen=True)
+class WiseItem:
+    prompt_id: int
+    prompt: str
+    explanation: str
+    category: str  # as written in the file
+    subcategory: str
+
+    @property
+    def short_category(self) -> str:
+        return wise_category(self.category)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +215,20 @@ def read_knowgen(path: Path | str) -> list[KnowGenItem]:
     return [_knowgen_row(Path(path), i, r, folder) for i, r in enumerate(_load_rows(path))]
 
 
+def read_knowgen_rows(path: Path | str) -> list[KnowGenItem | ValueError]:
+    """Like `read_knowgen`, but a bad row comes back as its ValueError (naming file, row and
+    field) in its place instead of ending the read: for an evaluation that records bad rows as
+    item failures and goes on. A file that is not a JSON array still raises."""
+    folder = _folder(path)
+    out: list[KnowGenItem | ValueError] = []
+    for i, raw in enumerate(_load_rows(path)):
+        try:
+            out.append(_knowgen_row(Path(path), i, raw, folder))
+        except ValueError as e:
+            out.append(e)
+    return out
+
+
 def write_knowgen(path: Path | str, items: list[KnowGenItem]) -> None:
     folder = _folder(path)
     rows = [{"id": it.id, "prompt": it.prompt,
@@ -193,6 +237,45 @@ def write_knowgen(path: Path | str, items: list[KnowGenItem]) -> None:
     for i, r in enumerate(rows):
         _knowgen_row(Path(path), i, r, folder)
     _dump(path, rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# WISE
+
+
+def _wise_row(path: Path, i: int, raw: Any) -> WiseItem:
+    row = _Row(path, i, raw)
+    prompt_id = row.get("prompt_id", int, "an integer")
+    category = row.text("Category")
+    try:
+        wise_category(category)
+    except ValueError as e:
+        row.fail("Category", f"a WISE category ({e})", category)
+    subcategory = row.get("Subcategory", str, "a string") if "Subcategory" in row.row else ""
+    return WiseItem(prompt_id, row.text("Prompt"), row.text("Explanation"), category, subcategory)
+
+
+def read_wise_rows(path: Path | str) -> list[WiseItem | ValueError]:
+    """WISE rows, a bad row as its ValueError in its place (see `read_knowgen_rows`)."""
+    out: list[WiseItem | ValueError] = []
+    for i, raw in enumerate(_load_rows(path)):
+        try:
+            out.append(_wise_row(Path(path), i, raw))
+        except ValueError as e:
+            out.append(e)
+    return out
+
+
+def read_wise(path: Path | str) -> list[WiseItem]:
+    items = read_wise_rows(path)
+    for item in items:
+        if isinstance(item, ValueError):
+            raise item
+    ids = [it.prompt_id for it in items]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise ValueError(f"{path}: prompt_id must be unique; repeated: {dup}")
+    return items  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------------------------------

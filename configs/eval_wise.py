@@ -1,0 +1,33 @@
+"""WISE evaluation: an agent and the image generator over a WISE file, judged from each prompt and
+its explanation (WISE has no ground-truth images); WiScore under both protocols (the paper's
+0-2 scores and WISE_Verified's binary one).
+
+  python -m gsjax.eval --config=configs/eval_wise.py
+      An offline smoke test: the no-search baseline, the world renderer as generator and the
+      `local` WISE judge (a documented smoke-test scorer, not a measure of image quality; see
+      gsjax/eval/wise_judge.py) over WISE_Verified's prompts at data.benchmark.
+  python -m gsjax.eval --config=configs/eval_wise.py:openai --config.data.benchmark=/data/WISE/data_verified/merge.json \
+      --config.agent.model=gpt-4.1 --config.reward.generator_urls='("http://gen-host:8000",)'
+      A real run: an OpenAI-compatible agent with real search, the POST /generate server and an
+      OpenAI-compatible judge (reward.judge_model; WISE_Verified uses Qwen3.5-35B-A3B on vLLM).
+"""
+
+from pathlib import Path
+
+import ml_collections
+
+from gsjax import config as config_lib
+
+
+def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
+    base = {"test": "test", "openai": "openai"}.get(preset or "", None)
+    if preset not in (None, "", "default", "test", "openai"):
+        raise ValueError(f"unknown preset {preset!r} for configs/eval_wise.py; expected default, test or openai")
+    knowgen = str(Path(__file__).with_name("eval_knowgen.py"))
+    c = config_lib.load(knowgen + (f":{base}" if base else ""))
+    c.benchmark = "wise"
+    c.workdir = c.workdir.replace("eval_knowgen", "eval_wise")
+    c.data.benchmark = "../shared/benchmarks/wise/verified_merge.json"  # WISE's data_verified/merge.json
+    c.agent.backend = "none" if preset != "openai" else "openai"
+    c.reward.judge = "local" if preset != "openai" else "openai"
+    return c

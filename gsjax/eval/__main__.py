@@ -1,0 +1,5 @@
+import sys
+
+from gsjax.eval.cli import main
+
+main(sys.argv[1:])

@@ -1,0 +1,166 @@
+"""`python -m gsjax.eval --config=configs/eval_knowgen.py` (or `configs/eval_wise.py`): run an
+agent over a benchmark, generate, judge, aggregate, write the HTML report.
+
+Every run also runs the no-search baseline (`eval.baseline`; its folder `workdir/none` is shared
+by the agents evaluated in the same workdir) and prints both side by side. Runs resume: see
+`gsjax.eval.runner`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from gsjax import config as config_lib
+from gsjax.eval.agents import NoSearchAgent, build_agent
+from gsjax.eval.benchmarks import KnowGenBenchmark, WiseBenchmark, category_table, knowgen_table, wise_table
+from gsjax.eval.runner import Runner
+from gsjax.rewards.backends import build_generator, build_judge
+from gsjax.rewards.types import RewardSettings
+
+log = logging.getLogger("gsjax.eval")
+WISE_JUDGES = ("local", "openai")
+
+
+def world_dir(cfg: ml_collections.ConfigDict) -> Path | None:
+    """The offline world (built once into workdir/world unless data.world_dir names one), or None."""
+    if not cfg.data.world:
+        return None
+    if cfg.data.world_dir:
+        path = Path(cfg.data.world_dir)
+        if not (path / "world.json").is_file():
+            raise FileNotFoundError(f"data.world_dir {str(path)!r} is not a built world (no world.json); "
+                                    "build one with python -m gsjax.world.build")
+        return path
+    from gsjax.world.assets import WorldSpec, build_world_once
+
+    return build_world_once(Path(cfg.workdir) / "world", WorldSpec(**cfg.data.world_size.to_dict()))
+
+
+def benchmark_file(cfg: ml_collections.ConfigDict, world: Path | None) -> Path:
+    if cfg.data.benchmark:
+        path = Path(cfg.data.benchmark)
+    elif cfg.benchmark == "knowgen" and world is not None:
+        path = world / "knowgen_eval.json"
+    else:
+        raise ValueError(f"data.benchmark: a {cfg.benchmark} file is needed (data.world is off)")
+    if not path.is_file():
+        raise FileNotFoundError(f"data.benchmark {str(path)!r} does not exist")
+    return path
+
+
+def build_benchmark(cfg: ml_collections.ConfigDict, world: Path | None, path: Path):
+    if cfg.benchmark == "knowgen":
+        return KnowGenBenchmark(path, build_judge(cfg.reward, world), cfg.data.limit)
+    if cfg.benchmark == "wise":
+        from gsjax.eval.wise_judge import LocalWiseJudge, OpenAIWiseJudge
+
+        if cfg.reward.judge == "local":
+            judge = LocalWiseJudge()
+        elif cfg.reward.judge == "openai":
+            judge = OpenAIWiseJudge(cfg.reward.judge_base_url, cfg.reward.judge_model, cfg.reward.judge_key_env)
+        else:
+            raise ValueError(f"reward.judge for WISE must be one of {WISE_JUDGES}, got {cfg.reward.judge!r}")
+        return WiseBenchmark(path, judge, cfg.data.limit)
+    raise ValueError(f"benchmark must be 'knowgen' or 'wise', got {cfg.benchmark!r}")
+
+
+def run_name(cfg: ml_collections.ConfigDict) -> str:
+    if cfg.run_name:
+        return cfg.run_name
+    a = cfg.agent
+    if a.backend == "policy":
+        return f"policy-{Path(a.policy).name}"
+    if a.backend == "openai":
+        return f"openai-{a.model.replace('/', '_')}"
+    return a.backend
+
+
+def _toolbox(cfg: ml_collections.ConfigDict, world: Path | None):
+    from gsjax.agent.tools import ToolsConfig, build_toolbox
+
+    values = cfg.tools.to_dict()
+    if values.get("backend") == "local" and not values.get("world_dir"):
+        if world is None:
+            raise ValueError("tools.backend='local' needs the offline world (data.world) or tools.world_dir")
+        values["world_dir"] = str(world)
+    values["image_dir"] = values.get("image_dir") or str(Path(cfg.workdir) / "tool_images")
+    return build_toolbox(ToolsConfig.from_dict(values))
+
+
+def run(cfg: ml_collections.ConfigDict, progress: bool = True) -> dict[str, dict[str, Any]]:
+    """Evaluate; returns {run name: summary} (the baseline first when it ran)."""
+    world = world_dir(cfg)
+    path = benchmark_file(cfg, world)
+    bench = build_benchmark(cfg, world, path)
+    items = bench.items()
+    generator = build_generator(cfg.reward, world)
+    settings = RewardSettings(min_refs=cfg.reward.min_refs, max_refs=cfg.reward.max_refs)
+    today = datetime.date.fromisoformat(cfg.agent.today) if cfg.agent.today else datetime.date.today()
+    workdir = Path(cfg.workdir)
+    base = {"benchmark": str(path.resolve()), "generator": cfg.reward.generator, "judge": cfg.reward.judge,
+            "limit": cfg.data.limit}
+    runs: list[tuple[str, Any, dict]] = []
+    if cfg.eval.baseline and cfg.agent.backend != "none":
+        runs.append(("none", NoSearchAgent(), base | {"agent": "none"}))
+    toolbox = _toolbox(cfg, world) if cfg.agent.backend != "none" else None
+    agent = build_agent(cfg.agent, toolbox, world, today)
+    a = cfg.agent
+    runs.append((run_name(cfg), agent, base | {"agent": a.backend, "policy": a.policy if a.backend == "policy" else "",
+                                               "model": a.model if a.backend == "openai" else ""}))
+    summaries: dict[str, dict[str, Any]] = {}
+    try:
+        for name, ag, fingerprint in runs:
+            runner = Runner(bench, ag, generator, workdir / name, settings=settings,
+                            concurrency=cfg.eval.concurrency, progress=progress, fingerprint=fingerprint)
+            config_lib.save(cfg, workdir / name / "config.json")
+            summaries[name] = runner.run(items)
+    finally:
+        agent.close()
+        if toolbox is not None:
+            toolbox.close()
+    print(f"\n{cfg.benchmark} on {path} ({len(items)} items)")
+    if cfg.benchmark == "knowgen":
+        print(knowgen_table(summaries))
+        print(f"\nper category, {list(summaries)[-1]} (failures left out):")
+        print(category_table(summaries[list(summaries)[-1]]))
+    else:
+        print(wise_table(summaries))
+    if cfg.eval.report:
+        from gsjax.eval.report import write_report
+
+        names = list(summaries)
+        main_dir = workdir / names[-1]
+        baseline_dir = workdir / "none" if names[0] == "none" and len(names) > 1 else None
+        out = write_report(main_dir, baseline_dir, title=f"{cfg.benchmark}: {names[-1]}")
+        print(f"\nreport: {out}")
+    print(json.dumps({n: _headline(s) for n, s in summaries.items()}))
+    return summaries
+
+
+def _headline(s: dict[str, Any]) -> dict[str, Any]:
+    if s["benchmark"] == "knowgen":
+        return {"k_score": s["k_score"], "k_score_strict": s["k_score_strict"], "failed": s["failed"]}
+    return {p: {"overall": s[p]["overall"], "strict": s[p]["overall_strict"]} for p in ("paper", "verified")}
+
+
+def main(argv: list[str]) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    cfg = config_lib.cli(argv, "configs/eval_knowgen.py")
+    try:
+        run(cfg)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
+
+
+
