@@ -105,7 +105,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--group", type=int, default=4, help="samples per prompt")
     p.add_argument("--latency", type=float, default=0.2, help="seconds added to every tool call")
-    p.add_argument("--chunk", type=int, default=8, help="decode steps per sampler call")
+    p.add_argument("--chunk", type=int, default=4, help="decode steps per sampler call")
     p.add_argument("--repeats", type=int, default=3)
     add_model_flags(p)
     return p.parse_args(argv)
