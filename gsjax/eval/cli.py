@@ -138,7 +138,8 @@ def run(cfg: ml_collections.ConfigDict, progress: bool = True) -> dict[str, dict
         names = list(summaries)
         main_dir = workdir / names[-1]
         baseline_dir = workdir / "none" if names[0] == "none" and len(names) > 1 else None
-        out = write_report(main_dir, baseline_dir, title=f"{cfg.benchmark}: {names[-1]}")
+        out = write_report(main_dir, baseline_dir, title=f"{cfg.benchmark}: {names[-1]}",
+                           order=[it.id for it in items])
         print(f"\nreport: {out}")
     print(json.dumps({n: _headline(s) for n, s in summaries.items()}))
     return summaries

@@ -205,9 +205,14 @@ def render(records: list[dict[str, Any]], summary: dict[str, Any], name: str,
 
 
 def write_report(run_dir: Path | str, baseline_dir: Path | str | None = None, title: str = "evaluation",
-                 out: Path | str | None = None) -> Path:
+                 out: Path | str | None = None, order: list[str] | None = None) -> Path:
+    """The run's report.html; items in `order` (the benchmark's item ids) when given, else in the
+    order they finished."""
     run_dir = Path(run_dir)
     records = ResultsLog(run_dir / "results.jsonl").records()
+    if order is not None:
+        rank = {item_id: i for i, item_id in enumerate(order)}
+        records.sort(key=lambda r: rank.get(r["id"], len(rank)))
     summary = json.loads((run_dir / "summary.json").read_text())
     base_records = base_summary = None
     if baseline_dir is not None and (Path(baseline_dir) / "summary.json").is_file():
