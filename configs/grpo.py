@@ -55,7 +55,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         checkpoint_every=100, keep_checkpoints=2))
 
     c.rl = ml_collections.ConfigDict(dict(
-        steps=20, prompts_per_step=8, group_size=4, lr=5e-4, weight_decay=0.01, clip_norm=1.0,
+        steps=30, prompts_per_step=8, group_size=4, lr=5e-4, weight_decay=0.01, clip_norm=1.0,
         temperature=1.0, top_p=1.0, top_k=0, clip_low=0.2, clip_high=0.28, dual_clip=3.0, kl_coef=0.0,
         loss_agg="seq-mean-token-sum", normalize_std=True, drop_degenerate_groups=False, mismatch_cap=0.0,
         num_slots=32, cache_len=1024, checkpoint_every=5, keep_checkpoints=2))
