@@ -7,9 +7,9 @@ The reference's aggregation (reference-spec.md sections 8 and 10, `KnowGen_Eval/
 - per group: the means of F, V and A over the scored items and the mean of T over the items that
   need text (`text_accuracy` not None), each rounded to 4 decimals; T is 0.5 when no item of the
   group needs text; the group's overall is 0.1 F + 0.4 V + 0.4 T + 0.1 A of those rounded means;
-  a group with no scored item reports 0.0 for everything;
-- K-Score (`overall_avg`) = the unweighted mean of the two groups' overalls, even when one group
-  is empty; difficulty is not used.
+  a group with no scored item reports 0.0 for everything; the overall is rounded to 4 decimals;
+- K-Score (`overall_avg`) = the unweighted mean of the two groups' overalls, rounded to 4
+  decimals, even when one group is empty; difficulty is not used.
 
 Failures (generation failed, judge failed, ground truth missing) are left out by the reference
 (`strict=False`). `strict=True` counts each failure as an item scoring 0 on F, V and A that needs
@@ -72,7 +72,7 @@ def group_score(scores: Sequence[JudgeScores]) -> GroupScore:
     v = round(sum(s.visual_correctness for s in scores) / n, DECIMALS)
     a = round(sum(s.aesthetics for s in scores) / n, DECIMALS)
     t = round(sum(texts) / len(texts), DECIMALS) if texts else TEXT_FALLBACK
-    overall = WEIGHTS["F"] * f + WEIGHTS["V"] * v + WEIGHTS["T"] * t + WEIGHTS["A"] * a
+    overall = round(WEIGHTS["F"] * f + WEIGHTS["V"] * v + WEIGHTS["T"] * t + WEIGHTS["A"] * a, DECIMALS)
     return GroupScore(n, len(texts), f, v, t, a, overall)
 
 
@@ -97,7 +97,7 @@ def kscore(items: Iterable[ItemScore], strict: bool = False) -> KScore:
         by_category.setdefault(item.category.strip().lower(), []).append(scores)
     groups = {g: group_score(s) for g, s in by_group.items()}
     categories = {c: group_score(by_category[c]) for c in sorted(by_category)}
-    k = sum(g.overall for g in groups.values()) / len(GROUPS)
+    k = round(sum(g.overall for g in groups.values()) / len(GROUPS), DECIMALS)
     return KScore(k, groups, categories, n_items, n_failed, strict)
 
 
