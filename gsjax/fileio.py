@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+import threading
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -19,6 +22,57 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class ResultsLog:
+    """An append-only JSONL file of finished work, one record a line, safe to append from many
+    threads; each line is flushed and fsynced as it is written, and a line torn by a crash is
+    dropped when the log is opened again (what finished before it is kept)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_file():
+            data = path.read_bytes()
+            if data and not data.endswith(b"\n"):  # a line torn by a crash: drop it
+                with open(path, "r+b") as f:
+                    f.truncate(data.rfind(b"\n") + 1)
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        out = []
+        for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{self.path}: line {n} is not JSON ({e}); move the file away to start over") from e
+        return out
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+        with self._lock, open(self.path, "ab") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def pin_run(folder: Path, fingerprint: dict[str, Any], elsewhere: str = "another folder") -> None:
+    """Record what a resumable run in `folder` computes (`run.json`), or, when the folder already
+    holds a run, refuse one of something else instead of mixing their results (`elsewhere` says how
+    to choose another folder)."""
+    file = folder / "run.json"
+    if file.is_file():
+        before = json.loads(file.read_text())
+        if before != fingerprint:
+            diff = {k: (before.get(k), fingerprint.get(k)) for k in sorted(set(before) | set(fingerprint))
+                    if before.get(k) != fingerprint.get(k)}
+            raise ValueError(f"{folder} holds a run of something else ({diff}, recorded vs now); "
+                             f"choose {elsewhere}, or delete the folder to start over")
+    else:
+        atomic_write(file, (json.dumps(fingerprint, indent=2, sort_keys=True) + "\n").encode())
 
 
 class BackgroundServer:

@@ -338,10 +338,20 @@ def read_sft_data(path: Path | str) -> list[SFTExample]:
     return [_sft_row(Path(path), i, r, folder) for i, r in enumerate(_load_rows(path))]
 
 
+def sft_row(example: SFTExample, folder: Path | None = None) -> dict:
+    """One example as a sharegpt row; image paths inside `folder` are written relative to it."""
+    images = list(example.images) if folder is None else [_relative(p, folder) for p in example.images]
+    return {"messages": [{"role": m.role, "content": m.content} for m in example.messages], "images": images}
+
+
+def parse_sft_row(path: Path | str, index: int, raw: Any) -> SFTExample:
+    """A sharegpt row read from row `index` of `path` (errors name both), paths resolved beside it."""
+    return _sft_row(Path(path), index, raw, _folder(path))
+
+
 def write_sft_data(path: Path | str, examples: list[SFTExample]) -> None:
     folder = _folder(path)
-    rows = [{"messages": [{"role": m.role, "content": m.content} for m in ex.messages],
-             "images": [_relative(p, folder) for p in ex.images]} for ex in examples]
+    rows = [sft_row(ex, folder) for ex in examples]
     for i, r in enumerate(rows):
         _sft_row(Path(path), i, r, folder)
     _dump(path, rows)

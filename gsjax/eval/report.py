@@ -23,8 +23,7 @@ from typing import Any
 from PIL import Image
 
 from gsjax.agent.protocol import loads_lenient
-from gsjax.eval.runner import ResultsLog
-from gsjax.fileio import atomic_write
+from gsjax.fileio import ResultsLog, atomic_write
 
 THUMB = 224
 _TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)

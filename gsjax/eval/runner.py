@@ -24,8 +24,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import dataclasses
 import json
-import os
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +33,7 @@ from tqdm import tqdm
 
 from gsjax.agent.types import Answer
 from gsjax.eval.agents import Agent, AgentRun
-from gsjax.fileio import atomic_write
+from gsjax.fileio import ResultsLog, atomic_write, pin_run
 from gsjax.rewards.generator import ImageGenerator, plan_request
 from gsjax.rewards.types import RewardSettings
 
@@ -61,39 +59,6 @@ class Benchmark(Protocol):
     def judge(self, item: EvalItem, generated: str, gen_prompt: str) -> dict[str, Any] | str: ...
 
     def summarize(self, records: Sequence[dict[str, Any]]) -> dict[str, Any]: ...
-
-
-class ResultsLog:
-    """Append-only JSONL of finished items, safe to append from many threads."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_file():
-            data = path.read_bytes()
-            if data and not data.endswith(b"\n"):  # a line torn by a crash: drop it
-                with open(path, "r+b") as f:
-                    f.truncate(data.rfind(b"\n") + 1)
-
-    def records(self) -> list[dict[str, Any]]:
-        if not self.path.is_file():
-            return []
-        out = []
-        for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{self.path}: line {n} is not JSON ({e}); move the file away to start over") from e
-        return out
-
-    def append(self, record: dict[str, Any]) -> None:
-        line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
-        with self._lock, open(self.path, "ab") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
 
 
 def answer_dict(answer: Answer | None) -> dict[str, Any] | None:
@@ -126,19 +91,7 @@ class Runner:
         self.concurrency = max(1, concurrency)
         self.progress = progress
         self.log = ResultsLog(self.dir / "results.jsonl")
-        self._check_fingerprint(fingerprint or {})
-
-    def _check_fingerprint(self, fingerprint: dict[str, Any]) -> None:
-        file = self.dir / "run.json"
-        if file.is_file():
-            before = json.loads(file.read_text())
-            if before != fingerprint:
-                diff = {k: (before.get(k), fingerprint.get(k)) for k in set(before) | set(fingerprint)
-                        if before.get(k) != fingerprint.get(k)}
-                raise ValueError(f"{self.dir} holds a run of something else ({diff}, recorded vs now); "
-                                 "choose another run_name or workdir, or delete the folder to start over")
-        else:
-            atomic_write(file, (json.dumps(fingerprint, indent=2, sort_keys=True) + "\n").encode())
+        pin_run(self.dir, fingerprint or {}, elsewhere="another run_name or workdir")
 
     # ------------------------------------------------------------------ one item
 
