@@ -2,10 +2,12 @@
 its explanation (WISE has no ground-truth images); WiScore under both protocols (the paper's
 0-2 scores and WISE_Verified's binary one).
 
-  python -m gsjax.eval --config=configs/eval_wise.py
+  python -m gsjax.eval --config=configs/eval_wise.py --config.data.benchmark=/data/WISE/data_verified/merge.json
       An offline smoke test: the no-search baseline, the world renderer as generator and the
       `local` WISE judge (a documented smoke-test scorer, not a measure of image quality; see
-      gsjax/eval/wise_judge.py) over WISE_Verified's prompts at data.benchmark.
+      gsjax/eval/wise_judge.py) over WISE_Verified's prompts. data.benchmark defaults to the copy
+      in the shared benchmark folder beside this checkout (../shared/benchmarks/wise/) when there
+      is one; elsewhere name the file.
   python -m gsjax.eval --config=configs/eval_wise.py:openai --config.data.benchmark=/data/WISE/data_verified/merge.json \
       --config.agent.model=gpt-4.1 --config.reward.generator_urls='("http://gen-host:8000",)'
       A real run: an OpenAI-compatible agent with real search, the POST /generate server and an
@@ -18,6 +20,9 @@ import ml_collections
 
 from gsjax import config as config_lib
 
+# WISE_Verified's prompts in the shared benchmark folder beside the checkout, where it exists.
+SHARED_WISE = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "wise" / "verified_merge.json"
+
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     base = {"test": "test", "openai": "openai"}.get(preset or "", None)
@@ -27,7 +32,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c = config_lib.load(knowgen + (f":{base}" if base else ""))
     c.benchmark = "wise"
     c.workdir = c.workdir.replace("eval_knowgen", "eval_wise")
-    c.data.benchmark = "../shared/benchmarks/wise/verified_merge.json"  # WISE's data_verified/merge.json
+    c.data.benchmark = str(SHARED_WISE) if SHARED_WISE.is_file() else ""  # WISE's data_verified/merge.json
     c.agent.backend = "none" if preset != "openai" else "openai"
     c.reward.judge = "local" if preset != "openai" else "openai"
     return c

@@ -216,6 +216,17 @@ def test_wise_offline_smoke_run_scores_both_protocols(world, tmp_path):
     assert s["paper"]["reference"]["categories"]["time"]["mean"] > 0
 
 
+def test_wise_without_a_prompt_file_says_which_file_to_give(world, tmp_path):
+    cfg = config_lib.load(str(ROOT / "configs/eval_wise.py") + ":test", workdir=str(tmp_path / "w"),
+                          data__world_dir=str(world), data__benchmark="")
+    with pytest.raises(ValueError, match=r"a WISE prompt file is needed .*--config.data.benchmark="):
+        cli.run(cfg, progress=False)
+    missing = config_lib.load(str(ROOT / "configs/eval_wise.py") + ":test", workdir=str(tmp_path / "w"),
+                              data__world_dir=str(world), data__benchmark=str(tmp_path / "nowhere.json"))
+    with pytest.raises(FileNotFoundError, match="nowhere.json' does not exist"):
+        cli.run(missing, progress=False)
+
+
 def _chromium():
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 

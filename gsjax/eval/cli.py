@@ -48,6 +48,9 @@ def benchmark_file(cfg: ml_collections.ConfigDict, world: Path | None) -> Path:
         path = Path(cfg.data.benchmark)
     elif cfg.benchmark == "knowgen" and world is not None:
         path = world / "knowgen_eval.json"
+    elif cfg.benchmark == "wise":
+        raise ValueError("data.benchmark: a WISE prompt file is needed (Prompt, Explanation, Category, Subcategory, "
+                         "prompt_id), e.g. --config.data.benchmark=/data/WISE/data_verified/merge.json")
     else:
         raise ValueError(f"data.benchmark: a {cfg.benchmark} file is needed (data.world is off)")
     if not path.is_file():
