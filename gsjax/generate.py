@@ -1,6 +1,6 @@
 """One agent run plus generation: `python -m gsjax.generate "a prompt"`.
 
-  python -m gsjax.generate "Draw the crest of the hospital that won the 2011 Gohokrel Care Award, on a banner."
+  python -m gsjax.generate "Design a billboard that features the emblem of the Thabraler Athletic."
       The offline default: the world of configs/eval_knowgen.py (built once into
       runs/eval_knowgen/world if missing), the scripted expert as the agent (it solves the world's
       own prompts), the world renderer as the generator.
