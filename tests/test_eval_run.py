@@ -227,6 +227,19 @@ def test_wise_without_a_prompt_file_says_which_file_to_give(world, tmp_path):
         cli.run(missing, progress=False)
 
 
+def test_report_lists_each_tool_call_with_its_queries_or_url():
+    from gsjax.eval.report import _calls
+
+    call = lambda body: {"role": "assistant", "content": f"<think>t</think>\n<tool_call>{body}</tool_call>"}  # noqa: E731
+    messages = [{"role": "user", "content": "prompt"},
+                call('{"name": "search", "arguments": {"queries": ["a b", "c"], "top_k": 1}}'),
+                call('{"name": "browse", "arguments": {"url": "http://x.test/p", "query": "what does it look like"}}'),
+                call('{"name": "image_search", "arguments": {"query": "emblem"}}'), call("{not json"),
+                {"role": "assistant", "content": "<answer>{}</answer>"}]
+    assert _calls(messages) == ["search: a b; c", "browse: http://x.test/p (looking for: what does it look like)",
+                                "image_search: emblem", "unreadable tool call"]
+
+
 def _chromium():
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 

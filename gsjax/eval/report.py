@@ -78,7 +78,7 @@ def _calls(messages: list[dict[str, Any]]) -> list[str]:
         except (ValueError, AttributeError):
             lines.append("unreadable tool call")
             continue
-        what = args.get("queries") or args.get("query") or args.get("url") or ""
+        what = (args.get("url") if name == "browse" else args.get("queries") or args.get("query")) or ""
         if isinstance(what, list):
             what = "; ".join(map(str, what))
         lines.append(f"{name}: {what}" + (f" (looking for: {args['query']})" if name == "browse" and args.get("query") else ""))
