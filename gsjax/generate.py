@@ -17,7 +17,6 @@ the generator alone (the reference's fallback), and answer.json says so.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import re
 import sys
@@ -27,13 +26,14 @@ from typing import Any
 import ml_collections
 
 from gsjax import config as config_lib
+from gsjax.agent.protocol import prompt_date
 from gsjax.data.formats import read_knowgen
 from gsjax.eval.agents import ExpertAgent, build_agent
 from gsjax.eval.cli import _toolbox, world_dir
 from gsjax.eval.runner import answer_dict
 from gsjax.fileio import atomic_write
 from gsjax.rewards.backends import build_generator
-from gsjax.rewards.generator import plan_request
+from gsjax.rewards.generator import answer_request
 from gsjax.rewards.types import RewardSettings
 
 USAGE = 'usage: python -m gsjax.generate "a prompt" [--out=DIR] [--config=configs/eval_knowgen.py[:preset]] [--config.key=value ...]'
@@ -49,7 +49,7 @@ def generate(prompt: str, cfg: ml_collections.ConfigDict, out_dir: Path | str) -
         raise ValueError("the prompt is empty")
     out_dir = Path(out_dir)
     world = world_dir(cfg)
-    today = datetime.date.fromisoformat(cfg.agent.today) if cfg.agent.today else datetime.date.today()
+    today = prompt_date(cfg.agent.today)
     toolbox = _toolbox(cfg, world) if cfg.agent.backend != "none" else None
     agent = build_agent(cfg.agent, toolbox, world, today)
     try:
@@ -63,10 +63,8 @@ def generate(prompt: str, cfg: ml_collections.ConfigDict, out_dir: Path | str) -
         if toolbox is not None:
             toolbox.close()
     answer = run.answer
-    gen_prompt = answer.gen_prompt if answer and answer.gen_prompt.strip() else ""
-    refs = [r.path for r in answer.references if r.path and Path(r.path).is_file()] if gen_prompt else []
     settings = RewardSettings(min_refs=cfg.reward.min_refs, max_refs=cfg.reward.max_refs)
-    request = plan_request(gen_prompt, prompt, refs, settings)
+    request = answer_request(answer, prompt, settings)
     gen = build_generator(cfg.reward, world).generate(request, out_dir / "image.png")
     trajectory = {"prompt": prompt, "agent": agent.name, "termination": run.termination, "error": run.error,
                   "tool_calls": run.tool_calls, "messages": run.messages,

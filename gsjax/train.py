@@ -37,7 +37,7 @@ from tqdm import tqdm
 from gsjax import config as config_lib
 from gsjax import metrics as metrics_lib
 from gsjax.agent.policy import AGENT_FILE, Policy, load_policy, save_policy
-from gsjax.agent.protocol import AgentLimits
+from gsjax.agent.protocol import AgentLimits, prompt_date
 from gsjax.agent.tools import ToolsConfig, build_toolbox
 from gsjax.agent.tools.toolbox import NoTools
 from gsjax.checkpoint import Checkpointer
@@ -240,7 +240,7 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
     workdir = Path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     config_lib.save(cfg, workdir / "config.json")
-    today = datetime.date.fromisoformat(cfg.agent.today) if cfg.agent.today else datetime.date.today()
+    today = prompt_date(cfg.agent.today)
     limits = AgentLimits(**cfg.agent.limits)
     tools_cfg = ToolsConfig.from_dict({**cfg.tools.to_dict(), "image_dir": cfg.tools.image_dir
                                        or str(workdir / "tool_images")})

@@ -503,3 +503,12 @@ def test_render_answer_round_trips_any_text(gen_prompt, notes):
     )
     answer = Answer(gen_prompt, refs)
     assert parse_turn(render_answer(answer), registry) == answer
+
+
+def test_prompt_date_reads_the_configs_date_or_today_and_names_the_key_when_malformed():
+    from gsjax.agent.protocol import prompt_date
+
+    assert prompt_date("2026-01-01") == datetime.date(2026, 1, 1)
+    assert prompt_date("") == datetime.date.today()
+    with pytest.raises(ValueError, match=r"agent.today must be a date as YYYY-MM-DD .* got '01/02/2026'"):
+        prompt_date("01/02/2026")

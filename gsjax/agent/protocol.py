@@ -230,6 +230,16 @@ browse(url, query). At most {max_tool_calls} tool calls and {max_refs} images.
 Today's date: """
 
 
+def prompt_date(value: str) -> datetime.date:
+    """The date a config's `agent.today` puts in the system prompt: YYYY-MM-DD, or "" for today."""
+    if not value:
+        return datetime.date.today()
+    try:
+        return datetime.date.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"agent.today must be a date as YYYY-MM-DD (or empty for today), got {value!r}") from None
+
+
 def system_prompt(today: datetime.date, limits: AgentLimits = AgentLimits()) -> str:
     if limits.prompt == "compact":
         text = _COMPACT_PROMPT.format(max_tool_calls=limits.max_tool_calls, max_refs=limits.max_answer_refs)

@@ -29,7 +29,6 @@ prompts file, teacher, generator and judge; a rerun with another is refused.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import datetime
 import json
 import sys
 from pathlib import Path
@@ -39,6 +38,7 @@ import ml_collections
 from tqdm import tqdm
 
 from gsjax import config as config_lib
+from gsjax.agent.protocol import prompt_date
 from gsjax.agent.types import Termination
 from gsjax.data.formats import RLItem, parse_sft_row, read_rl_data, sft_row, write_rl_data, write_sft_data
 from gsjax.eval.agents import build_agent
@@ -103,7 +103,7 @@ def _run_teacher(cfg: ml_collections.ConfigDict, world: Path | None, items: list
                  out_dir: Path, progress: bool) -> None:
     """The teacher and the reward over `items`, `eval.concurrency` at a time; each prompt's line is
     appended by its own task as it finishes, so an interrupt keeps every finished one."""
-    today = datetime.date.fromisoformat(cfg.agent.today) if cfg.agent.today else datetime.date.today()
+    today = prompt_date(cfg.agent.today)
     rewards = build_rewards(cfg.reward, world, out_dir / "generated")
     toolbox = _toolbox(cfg, world)
     agent = build_agent(cfg.agent, toolbox, world, today)

@@ -8,7 +8,6 @@ by the agents evaluated in the same workdir) and prints both side by side. Runs 
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import sys
@@ -18,6 +17,7 @@ from typing import Any
 import ml_collections
 
 from gsjax import config as config_lib
+from gsjax.agent.protocol import prompt_date
 from gsjax.eval.agents import NoSearchAgent, build_agent
 from gsjax.eval.benchmarks import KnowGenBenchmark, WiseBenchmark, category_table, knowgen_table, wise_table
 from gsjax.eval.runner import Runner
@@ -105,7 +105,7 @@ def run(cfg: ml_collections.ConfigDict, progress: bool = True) -> dict[str, dict
     items = bench.items()
     generator = build_generator(cfg.reward, world)
     settings = RewardSettings(min_refs=cfg.reward.min_refs, max_refs=cfg.reward.max_refs)
-    today = datetime.date.fromisoformat(cfg.agent.today) if cfg.agent.today else datetime.date.today()
+    today = prompt_date(cfg.agent.today)
     workdir = Path(cfg.workdir)
     base = {"benchmark": str(path.resolve()), "generator": cfg.reward.generator, "judge": cfg.reward.judge,
             "limit": cfg.data.limit}

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from gsjax.agent.types import Answer
 from gsjax.eval.agents import Agent, AgentRun
 from gsjax.fileio import ResultsLog, atomic_write, pin_run
-from gsjax.rewards.generator import ImageGenerator, plan_request
+from gsjax.rewards.generator import ImageGenerator, answer_request
 from gsjax.rewards.types import RewardSettings
 
 SCORED, FAILED = "scored", "failed"
@@ -116,10 +116,7 @@ class Runner:
         if run is None or run.error:
             rec["error"] = f"agent: {run.error if run else 'did not run'}"
             return
-        answer = run.answer
-        gen_prompt = answer.gen_prompt if answer and answer.gen_prompt.strip() else ""
-        refs = [r.path for r in answer.references if r.path and Path(r.path).is_file()] if gen_prompt else []
-        request = plan_request(gen_prompt, item.prompt, refs, self.settings)
+        request = answer_request(run.answer, item.prompt, self.settings)
         rec["sent"] = {"prompt": request.prompt, "refs": list(request.ref_paths)}
         out = self.dir / "images" / f"{_safe(item.id)}.png"
         gen = self.generator.generate(request, out)

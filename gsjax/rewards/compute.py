@@ -12,7 +12,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from gsjax.agent.types import Answer, ImageRef, Termination
-from gsjax.rewards.generator import ImageGenerator, plan_request
+from gsjax.rewards.generator import ImageGenerator, plan_request, valid_ref_paths
 from gsjax.rewards.judge import Judge
 from gsjax.rewards.score import failed, image_reward, precheck, scored
 from gsjax.rewards.types import JudgeScores, RewardResult, RewardSettings, TextScore
@@ -52,7 +52,7 @@ class RewardComputer:
 
     def _score(self, inp: RewardInput) -> ScoredEpisode:
         answer = inp.answer
-        valid = [r.path for r in answer.references if r.path and Path(r.path).is_file()] if answer else []
+        valid = valid_ref_paths(answer)
         early = precheck(inp.termination, answer, len(valid), self.settings)
         if early is not None:
             return ScoredEpisode(early)

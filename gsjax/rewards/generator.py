@@ -7,6 +7,7 @@ plugs in here too: anything with `generate(request, out_path) -> GenResult`.
 What is sent is decided in one place, `plan_request`: with at least one valid reference image the
 answer's gen_prompt goes with the first `generator_refs` references (Qwen-Image-Edit); with none
 the original prompt goes alone with the text-to-image suffix (the reference's eval fallback).
+`answer_request` is that rule for an agent's answer (or none) as evaluation applies it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from gsjax.agent.types import Answer
 from gsjax.rewards.types import RewardSettings
 
 T2I_SUFFIX = ", Ultra HD, 4K, cinematic composition."
@@ -45,6 +47,19 @@ def plan_request(gen_prompt: str, original_prompt: str, valid_ref_paths: Sequenc
     if valid_ref_paths:
         return GenRequest(gen_prompt, tuple(valid_ref_paths[: settings.generator_refs]), seed)
     return GenRequest(original_prompt.rstrip() + T2I_SUFFIX, (), seed)
+
+
+def valid_ref_paths(answer: Answer | None) -> list[str]:
+    """The answer's reference images that exist as files, in the answer's order."""
+    return [r.path for r in answer.references if r.path and Path(r.path).is_file()] if answer else []
+
+
+def answer_request(answer: Answer | None, original_prompt: str, settings: RewardSettings) -> GenRequest:
+    """What evaluation sends for an agent's answer (the reference's gen_image_from_results): its
+    gen_prompt with its valid references, or, without a gen_prompt or a valid reference, the
+    original prompt to text-to-image."""
+    gen_prompt = answer.gen_prompt if answer and answer.gen_prompt.strip() else ""
+    return plan_request(gen_prompt, original_prompt, valid_ref_paths(answer) if gen_prompt else [], settings)
 
 
 class WorldGenerator:
