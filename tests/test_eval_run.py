@@ -81,6 +81,8 @@ def test_bad_rows_missing_and_unreadable_images_are_item_failures_and_the_run_go
     assert s["failed"] == 3 and s["invalid_rows"] == 1
     assert s["k_score_strict"] < s["k_score"]  # two failures with a category count as 0 when strict
     assert s["reference"]["n_items"] == 3 and s["reference"]["n_failed"] == 2
+    assert s["failure_kinds"] == {"bad benchmark row": 1, "ground truth image missing": 1, "judge": 1}
+    assert "expert: 3 failed items (bad benchmark row 1, ground truth image missing 1, judge 1)" in capsys.readouterr().out
 
 
 def _eval_cmd(world, workdir, judge_url):

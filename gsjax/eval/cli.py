@@ -135,6 +135,10 @@ def run(cfg: ml_collections.ConfigDict, progress: bool = True) -> dict[str, dict
         print(category_table(summaries[list(summaries)[-1]]))
     else:
         print(wise_table(summaries))
+    for name, s in summaries.items():  # what failed, by kind (generation, judge, agent, bad row, ...)
+        if s["failed"]:
+            kinds = ", ".join(f"{k} {n}" for k, n in sorted(s["failure_kinds"].items()))
+            print(f"{name}: {s['failed']} failed items ({kinds}); reasons in {Path(cfg.workdir) / name / 'results.jsonl'}")
     if cfg.eval.report:
         from gsjax.eval.report import write_report
 
