@@ -218,6 +218,34 @@ def test_wise_offline_smoke_run_scores_both_protocols(world, tmp_path):
     assert s["paper"]["reference"]["categories"]["time"]["mean"] > 0
 
 
+def test_wise_with_an_openai_compatible_judge_sends_prompt_explanation_and_image_and_scores_both_protocols(
+        world, tmp_path, monkeypatch):
+    cats = ["Cultural knowledge", "time", "Space", "Biology", "Physical Knowledge", "Chemistry"]
+    rows = [{"Prompt": f"A poster about thing {i}", "Explanation": f"This refers to thing {i}, a sample",
+             "Category": c, "Subcategory": "x", "prompt_id": i} for i, c in enumerate(cats, 1)]
+    bench = _write_rows(tmp_path / "wise.json", rows)
+    seen = []
+
+    def verdicts(kind, sample_id, text, images):
+        seen.append((sample_id, text, len(images)))
+        pid = int(sample_id)
+        return {"rationale": "r", "consistency": pid % 3, "realism": 1, "aesthetic_quality": 2, "verified": int(pid % 2 == 0)}
+
+    monkeypatch.setenv("GSJAX_TEST_WISE_KEY", "sk-wise-test")
+    with JudgeServer(verdicts=verdicts, api_key="sk-wise-test") as server:
+        cfg = config_lib.load(str(ROOT / "configs/eval_wise.py") + ":test", workdir=str(tmp_path / "w"),
+                              data__world_dir=str(world), data__benchmark=str(bench), reward__judge="openai",
+                              reward__judge_base_url=server.url + "/v1", reward__judge_key_env="GSJAX_TEST_WISE_KEY",
+                              reward__judge_model="wise-judge")
+        s = cli.run(cfg, progress=False)["none"]
+    assert s["failed"] == 0 and len(seen) == 6 and set(server.models) == {"wise-judge"}
+    sample, text, n_images = [x for x in seen if x[0] == "3"][0]
+    assert n_images == 1 and "A poster about thing 3" in text and "This refers to thing 3, a sample" in text
+    # consistency 1, 2, 0, 1, 2, 0 with realism 1 and aesthetic 2: items 0.55, 0.9, 0.2, 0.55, 0.9, 0.2
+    assert s["paper"]["overall"] == pytest.approx(0.4 * 0.55 + 0.167 * 0.9 + 0.133 * 0.2 + 0.1 * (0.55 + 0.9 + 0.2))
+    assert s["verified"]["overall"] == pytest.approx(0.12 * 3)  # time, biology and chemistry verified
+
+
 def test_wise_without_a_prompt_file_says_which_file_to_give(world, tmp_path):
     cfg = config_lib.load(str(ROOT / "configs/eval_wise.py") + ":test", workdir=str(tmp_path / "w"),
                           data__world_dir=str(world), data__benchmark="")
