@@ -79,12 +79,13 @@ def synthesize(cfg: ml_collections.ConfigDict, out_dir: Path | str, prompts: Pat
     todo = [it for it in items if str(it.id) not in done]
     if todo:
         _run_teacher(cfg, world, todo, log, out_dir, progress)
-    by_id: dict[str, dict[str, Any]] = {}
-    for r in log.records():
-        by_id.setdefault(str(r["id"]), r)
-    lines = [by_id[i] for i in ids if i in by_id]
+    by_id: dict[str, tuple[int, dict[str, Any]]] = {}  # id -> (its line in synth.jsonl, the record)
+    for n, r in enumerate(log.records()):
+        by_id.setdefault(str(r["id"]), (n, r))
+    recorded = [(item, *by_id[str(item.id)]) for item in items if str(item.id) in by_id]
+    lines = [line for _, _, line in recorded]
     sft, rl = [], []
-    for n, (item, line) in enumerate(zip(items, lines)):
+    for item, n, line in recorded:
         if line["status"] == FAILED:
             continue
         if line["reward"] >= min_reward and line["sft"] is not None:
