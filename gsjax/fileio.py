@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,21 @@ class ResultsLog:
                     out.append(json.loads(line))
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{self.path}: line {n} is not JSON ({e}); move the file away to start over") from e
+        return out
+
+    def recorded_ids(self, ids: Sequence[str], what: str) -> set[str]:
+        """Which of `ids` (the work to do, unique, or a ValueError naming `what` and the repeats)
+        the log already holds."""
+        if len(set(ids)) != len(ids):
+            dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+            raise ValueError(f"{what} ids must be unique to resume a run; repeated: {dup}")
+        return set(ids) & set(self.by_id())
+
+    def by_id(self) -> dict[str, tuple[int, dict[str, Any]]]:
+        """Each id's first record (its "id" as a string), with the record's position in the log."""
+        out: dict[str, tuple[int, dict[str, Any]]] = {}
+        for n, r in enumerate(self.records()):
+            out.setdefault(str(r["id"]), (n, r))
         return out
 
     def append(self, record: dict[str, Any]) -> None:

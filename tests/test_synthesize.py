@@ -114,3 +114,12 @@ def test_a_raising_teacher_is_a_failed_prompt_and_another_teacher_is_refused_in_
     with pytest.raises(ValueError, match=r"holds a run of something else .*'teacher': \('expert', 'openai'\)"):
         synthesize.synthesize(_cfg(world, tmp_path, agent__backend="openai", agent__base_url="http://127.0.0.1:9/v1"),
                               tmp_path / "out", prompts, progress=False)
+
+
+def test_repeated_prompt_ids_are_refused_before_the_teacher_runs(world, tmp_path):
+    item = read_rl_data(world / "rl_data.json")[0]
+    prompts = tmp_path / "prompts.json"
+    write_rl_data(prompts, [item, item])
+    with pytest.raises(ValueError, match=rf"prompts.json: prompt ids must be unique to resume a run; repeated: \['{item.id}'\]"):
+        synthesize.synthesize(_cfg(world, tmp_path), tmp_path / "out", prompts, progress=False)
+    assert not (tmp_path / "out/run.json").exists()

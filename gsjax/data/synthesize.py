@@ -67,21 +67,15 @@ def synthesize(cfg: ml_collections.ConfigDict, out_dir: Path | str, prompts: Pat
         prompts = world / "rl_data.json"
     items = read_rl_data(prompts)
     items = items[:limit] if limit else items
-    ids = [str(it.id) for it in items]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"{prompts}: prompt ids must be unique to resume a run; repeated: "
-                         f"{sorted({i for i in ids if ids.count(i) > 1})[:5]}")
+    log = ResultsLog(out_dir / "synth.jsonl")
+    done = log.recorded_ids([str(it.id) for it in items], f"{prompts}: prompt")
     pin_run(out_dir, {"prompts": str(Path(prompts).resolve()), "teacher": cfg.agent.backend,
                       "model": cfg.agent.model if cfg.agent.backend == "openai" else "",
                       "generator": cfg.reward.generator, "judge": cfg.reward.judge}, elsewhere="another --out")
-    log = ResultsLog(out_dir / "synth.jsonl")
-    done = {str(r["id"]) for r in log.records()}
     todo = [it for it in items if str(it.id) not in done]
     if todo:
         _run_teacher(cfg, world, todo, log, out_dir, progress)
-    by_id: dict[str, tuple[int, dict[str, Any]]] = {}  # id -> (its line in synth.jsonl, the record)
-    for n, r in enumerate(log.records()):
-        by_id.setdefault(str(r["id"]), (n, r))
+    by_id = log.by_id()  # id -> (its line in synth.jsonl, the record)
     recorded = [(item, *by_id[str(item.id)]) for item in items if str(item.id) in by_id]
     lines = [line for _, _, line in recorded]
     sft, rl = [], []

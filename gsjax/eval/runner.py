@@ -145,11 +145,7 @@ class Runner:
     # ------------------------------------------------------------------ the run
 
     def run(self, items: Sequence[EvalItem]) -> dict[str, Any]:
-        ids = [it.id for it in items]
-        if len(set(ids)) != len(ids):
-            dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
-            raise ValueError(f"benchmark item ids must be unique to resume a run; repeated: {dup}")
-        done = {r["id"] for r in self.log.records()}
+        done = self.log.recorded_ids([it.id for it in items], "benchmark item")
         todo = [it for it in items if it.id not in done]
         bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"eval {self.agent.name}",
                    disable=not self.progress)
@@ -187,10 +183,8 @@ class Runner:
 
     def records(self, items: Sequence[EvalItem]) -> list[dict[str, Any]]:
         """The recorded results of `items`, in the items' order (first record of an id wins)."""
-        by_id: dict[str, dict[str, Any]] = {}
-        for r in self.log.records():
-            by_id.setdefault(r["id"], r)
-        return [by_id[it.id] for it in items if it.id in by_id]
+        by_id = self.log.by_id()
+        return [by_id[it.id][1] for it in items if it.id in by_id]
 
     def summary(self, items: Sequence[EvalItem]) -> dict[str, Any]:
         records = self.records(items)
