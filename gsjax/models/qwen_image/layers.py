@@ -6,6 +6,11 @@ layout also carry `hf_layout` ("linear": torch [out, in] vs ours [in, out]; "con
 [out, in, *kernel] vs ours [*kernel, in, out]) and, where the torch tensor has extra singleton
 dimensions, `hf_shape`. `diffusers_layout` walks a module's state and turns that metadata into
 the `TensorMap`s that `hf_io` reads and writes, so no model carries a hand-written name table.
+
+Parameters are read through `compute_value`: on a mesh, a parameter stored sharded over the axes
+that also shard the activations' batch (FSDP: `embed` over `fsdp`) is all-gathered over those axes
+before use, instead of leaving that choice to XLA, whose SPMD partitioner (jax 0.10.2) can return
+wrong rows for such a matmul (docs/qwen_image.md, "Sharding and an XLA partitioner bug").
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import PartitionSpec
 
 from gsjax.models.hf_io import TensorMap
+from gsjax.parallel import current_rules, logical_to_spec
 
 
 def param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], dtype, init: str = "normal",
@@ -31,6 +38,35 @@ def param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], dtype, 
     return nnx.Param(value.astype(dtype), axes=axes, **meta)
 
 
+def _mesh_axes(entry) -> tuple[str, ...]:
+    return () if entry is None else ((entry,) if isinstance(entry, str) else tuple(entry))
+
+
+def compute_value(variable: nnx.Variable) -> jax.Array:
+    """The value of a parameter laid out for use against batch-sharded activations.
+
+    Under a mesh (`jax.set_mesh`), every dimension of the parameter that its logical axes shard
+    over a mesh axis of `act_batch` (data, fsdp: FSDP storage) is all-gathered over that axis, and
+    its other mesh axes (tp) are kept: the layout a matmul needs, which XLA would otherwise pick
+    itself. Picking it here matters: when the activations are no larger than the weight shard, XLA's
+    SPMD partitioner moves the activations instead and, on meshes with data > 1 and fsdp == tp > 1
+    such as (2, 2, 2), returns the batch shards of (data, fsdp) = (0, 1) and (1, 0) swapped (jax
+    0.10.2; docs/qwen_image.md). A no-op without a mesh, or when no batch axis shards the parameter.
+    """
+    value = variable[...]
+    mesh = jax.sharding.get_abstract_mesh()
+    axes = variable.get_metadata().get("axes")
+    if mesh.empty or mesh.size == 1 or axes is None:
+        return value
+    batch = set(_mesh_axes(current_rules().get("act_batch")))
+    stored = [_mesh_axes(e) for e in logical_to_spec(axes, value.shape, dict(mesh.shape))]
+    kept = [tuple(a for a in e if a not in batch) for e in stored]
+    if kept == stored:
+        return value
+    spec = PartitionSpec(*(None if not e else e[0] if len(e) == 1 else e for e in kept))
+    return jax.lax.with_sharding_constraint(value, spec)
+
+
 class Linear(nnx.Module):
     """y = x @ weight + bias, weight stored [in, out] with logical `axes` (in, out)."""
 
@@ -39,8 +75,8 @@ class Linear(nnx.Module):
         self.bias = param(rngs, (dout,), (axes[1],), dtype, "zeros") if bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = jnp.einsum("...i,io->...o", x, self.weight[...].astype(x.dtype))
-        return y if self.bias is None else y + self.bias[...].astype(x.dtype)
+        y = jnp.einsum("...i,io->...o", x, compute_value(self.weight).astype(x.dtype))
+        return y if self.bias is None else y + compute_value(self.bias).astype(x.dtype)
 
 
 class RMSNorm(nnx.Module):
@@ -53,7 +89,7 @@ class RMSNorm(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return x32.astype(x.dtype) * self.weight[...].astype(x.dtype)
+        return x32.astype(x.dtype) * compute_value(self.weight).astype(x.dtype)
 
 
 def layer_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
