@@ -1,0 +1,239 @@
+"""Causal self-attention of the decoder's full passes (training, scoring), several ways.
+
+One function, `causal_attention(q, k, v, segment_ids, impl=...)`, with one meaning for every
+implementation:
+
+- q: [B, T, H, D]; k, v: [B, T, KV, D]; H is a multiple of KV (grouped-query attention: query head
+  h reads kv head h // (H // KV)).
+- segment_ids: [B, T] int32; 0 marks padding. A query attends to the keys at positions <= its own
+  in the same row with the same non-zero segment id (several sequences packed per row, each a
+  contiguous run). Outputs at padding queries are finite but otherwise unspecified.
+- Scale D**-0.5, softmax in float32, output [B, T, H, D] in q.dtype. Differentiable in q, k, v.
+
+The implementations (`IMPLEMENTATIONS`):
+
+- "plain": one masked softmax over the whole [T, T] scores. The reference the others are tested
+  against; any backend.
+- "blocked": when T % block == 0 and T > block, each block of `block` queries attends only to the
+  keys up to its block's end (the masked upper triangle is skipped, about half the work);
+  otherwise exactly "plain". Any backend; the CPU default.
+- "xla": `jax.nn.dot_product_attention(implementation="xla")` with `is_causal=True` and the
+  segment mask as a boolean `mask` of shape [B, 1, T, T] (broadcast over heads). Any backend;
+  materialises the scores like "plain".
+- "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")` (cuDNN flash attention, NVIDIA
+  GPUs). In jax 0.10.2 that public API has no argument for packed segments: its
+  `query_seq_lengths` / `key_value_seq_lengths` express one run of valid tokens per row only, and
+  the packed layout that cuDNN itself supports (per-segment `q_offsets` / `kv_offsets`, Hopper and
+  later) is reachable only through the private `jax._src.cudnn` module. So packing is expressed
+  the one public way that is exact: `is_causal=True` (cuDNN skips the upper triangle) plus the
+  segment mask as a boolean `mask` [B, 1, T, T], which jax turns into an additive bias of q.dtype
+  (a large negative number where masked). That costs B*T*T bias elements in memory and a bias
+  gradient in the backward pass, but no [B, H, T, T] scores. cuDNN's own constraints, checked
+  here with a ValueError before the call: q/k/v in bfloat16 or float16 (no float32), head dim a
+  multiple of 8 and <= 256 (<= 128 before Hopper; cuDNN checks that itself), T even (a bias in
+  training needs even sequence lengths). On a machine without cuDNN, jax raises "cuDNN is not
+  detected"; that is re-raised here as a ValueError naming the backend.
+  Tested without a GPU: the argument checks, and (with jax's cuDNN version probe stubbed) that the
+  forward and the gradient trace and lower for the `cuda` platform to cuDNN's fused-attention
+  custom calls with the [B, 1, T, T] bias. Not tested: running it; the numbers; whether the
+  installed cuDNN accepts a bias broadcast over heads with its gradient at a given size.
+- "splash": Pallas TPU splash attention (`make_splash_mha` with a causal `MultiHeadMask`,
+  `SegmentIds` for the packing, kv head h // (H // KV) as above, vmapped over the batch), flash
+  attention that never materialises [T, T]. The kernel's blocks are `block` (queries and keys,
+  forward and backward); T must be a multiple of `block` and `block` of 128 (ValueError
+  otherwise). When a mesh with more than one device is set (`jax.set_mesh`), the kernel runs
+  inside `jax.shard_map` (Mosaic kernels cannot be partitioned automatically) with the batch
+  sharded as the logical axis `act_batch` and the heads as `act_heads` / `act_kv_heads`, from the
+  rules in `gsjax.parallel.rules`; sequence and head dim stay whole on every device. When the
+  kv heads do not divide over their mesh axes but the query heads do, both are replicated (each
+  device must hold the kv heads of its query heads). `interpret=None` picks interpret mode when
+  the platform (the mesh's devices, or the default backend without a mesh) is not a TPU; pass
+  `interpret=False` to compile for a TPU ahead of time without a mesh on a CPU host.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec
+
+from gsjax.parallel.rules import logical_to_spec
+
+IMPLEMENTATIONS = ("plain", "blocked", "xla", "cudnn", "splash")
+
+Q_AXES = ("act_batch", "act_len", "act_heads", "act_head_dim")
+KV_AXES = ("act_batch", "act_len", "act_kv_heads", "act_head_dim")
+
+
+def segment_mask(segment_ids: jax.Array) -> jax.Array:
+    """[B, T, T] bool: query t may see key s of the same non-zero segment (no causality)."""
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    return same & (segment_ids[:, None, :] != 0)
+
+
+def causal_segment_mask(segment_ids: jax.Array) -> jax.Array:
+    """[B, T, T] bool: the full mask of `causal_attention` (causal and same non-zero segment)."""
+    t = segment_ids.shape[1]
+    return jnp.tril(jnp.ones((t, t), bool))[None] & segment_mask(segment_ids)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped-query attention under any mask: q [B, T, H, D], k/v [B, S, KV, D], mask [B, T, S]
+    -> [B, T, H, D]. One fp32 softmax over the whole scores (rows with nothing visible come out
+    as a uniform average, finite)."""
+    b, t, h, d = q.shape
+    kv = k.shape[2]
+    q = q.reshape(b, t, kv, h // kv, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = scores * (d**-0.5)
+    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, d)
+
+
+def _plain(q, k, v, segment_ids):
+    return attend(q, k, v, causal_segment_mask(segment_ids))
+
+
+def _blocked(q, k, v, segment_ids, block):
+    t = q.shape[1]
+    if not (t % block == 0 and t > block):
+        return _plain(q, k, v, segment_ids)
+    mask = causal_segment_mask(segment_ids)
+    # Each block of queries attends to the keys up to its end only: the blocks above the
+    # diagonal are masked anyway, and skipping them halves the work.
+    ends = range(block, t + 1, block)
+    return jnp.concatenate(
+        [attend(q[:, e - block:e], k[:, :e], v[:, :e], mask[:, e - block:e, :e]) for e in ends], axis=1
+    )
+
+
+def _xla(q, k, v, segment_ids):
+    mask = segment_mask(segment_ids)[:, None]  # [B, 1, T, T], broadcast over heads
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, implementation="xla")
+
+
+def _platform() -> str:
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty:
+        return mesh.abstract_device.platform
+    return jax.default_backend()
+
+
+def _cudnn(q, k, v, segment_ids):
+    b, t, h, d = q.shape
+    if q.dtype not in (jnp.bfloat16, jnp.float16):
+        raise ValueError(
+            f"impl='cudnn' needs bfloat16 or float16 q/k/v (cuDNN flash attention has no float32); "
+            f"got {q.dtype}. Cast, or use impl='xla' or 'plain'."
+        )
+    if d % 8 or d > 256:
+        raise ValueError(f"impl='cudnn' needs a head dim that is a multiple of 8 and <= 256; got D={d}")
+    if t % 2:
+        raise ValueError(f"impl='cudnn' needs an even sequence length with a segment mask (bias); got T={t}")
+    mask = segment_mask(segment_ids)[:, None]  # [B, 1, T, T]: packing; causality is cuDNN's
+    try:
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, implementation="cudnn")
+    except RuntimeError as e:
+        if "cuDNN is not detected" not in str(e):
+            raise
+        raise ValueError(
+            f"impl='cudnn' needs an NVIDIA GPU with cuDNN; none here (platform {_platform()!r}). "
+            f"Use impl='xla', 'blocked' or 'plain'."
+        ) from e
+
+
+def _splash_local(q, k, v, segment_ids, block, interpret):
+    """Splash attention on whole arrays of one device: q [B, T, H, D], k/v [B, T, KV, D]."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+
+    b, t, h, d = q.shape
+    mask = sm.MultiHeadMask([sm.CausalMask((t, t)) for _ in range(h)])
+    sizes = sk.BlockSizes(
+        block_q=block, block_kv=block, block_kv_compute=block,
+        block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
+        block_q_dq=block, block_kv_dq=block,
+    )
+    # The MHA kernel maps query head h to kv head h // (H // KV): grouped-query attention as-is.
+    kernel = sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+    scale = jnp.asarray(d**-0.5, jnp.float32)
+    qh = (jnp.swapaxes(q, 1, 2).astype(jnp.float32) * scale).astype(q.dtype)  # [B, H, T, D]
+    kh, vh = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # [B, KV, T, D]
+    seg = segment_ids.astype(jnp.int32)
+
+    def one(qb, kb, vb, sb):
+        return kernel(qb, kb, vb, segment_ids=sk.SegmentIds(q=sb, kv=sb))
+
+    out = jax.vmap(one)(qh, kh, vh, seg)  # [B, H, T, D]
+    return jnp.swapaxes(out, 1, 2).astype(q.dtype)
+
+
+def _splash_specs(q_shape, kv_shape, mesh_shape) -> tuple[PartitionSpec, PartitionSpec, PartitionSpec]:
+    """(q, kv, segment_ids) PartitionSpecs: batch and heads from the rules, the rest whole."""
+    qs = logical_to_spec(Q_AXES, q_shape, mesh_shape)
+    ks = logical_to_spec(KV_AXES, kv_shape, mesh_shape)
+    q_heads, kv_heads = qs[2], ks[2]
+    if q_heads != kv_heads:  # kv heads could not be split like the query heads: replicate both
+        q_heads = kv_heads = None
+    return (PartitionSpec(qs[0], None, q_heads, None), PartitionSpec(ks[0], None, kv_heads, None),
+            PartitionSpec(qs[0], None))
+
+
+def _splash(q, k, v, segment_ids, block, interpret):
+    t = q.shape[1]
+    if block % 128 or block <= 0:
+        raise ValueError(f"impl='splash' needs a block that is a multiple of 128; got block={block}")
+    if t % block:
+        raise ValueError(
+            f"impl='splash' needs T to be a multiple of the kernel's block: T={t}, block={block}"
+        )
+    if interpret is None:
+        interpret = _platform() != "tpu"
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1 or mesh.are_all_axes_manual:
+        return _splash_local(q, k, v, segment_ids, block, interpret)
+    q_spec, kv_spec, seg_spec = _splash_specs(q.shape, k.shape, dict(mesh.shape))
+    local = jax.shard_map(
+        lambda q, k, v, s: _splash_local(q, k, v, s, block, interpret),
+        mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, seg_spec), out_specs=q_spec, check_vma=False,
+    )
+    return local(q, k, v, segment_ids)
+
+
+def causal_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    segment_ids: jax.Array,
+    *,
+    impl: str = "plain",
+    block: int = 128,
+    interpret: bool | None = None,
+) -> jax.Array:
+    """Causal, segment-masked grouped-query self-attention (see the module docstring).
+
+    q [B, T, H, D], k/v [B, T, KV, D], segment_ids [B, T] (0: padding) -> [B, T, H, D] in q.dtype.
+    `block`: the query block of "blocked" and the kernel block of "splash". `interpret`: "splash"
+    only; None runs the Pallas kernel in interpret mode unless the platform is a TPU.
+    """
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown attention impl {impl!r}; expected one of {IMPLEMENTATIONS}")
+    if q.ndim != 4 or k.ndim != 4 or k.shape != v.shape:
+        raise ValueError(f"q must be [B, T, H, D] and k, v [B, T, KV, D]; got {q.shape}, {k.shape}, {v.shape}")
+    b, t, h, d = q.shape
+    if k.shape[0] != b or k.shape[1] != t or k.shape[3] != d or h % k.shape[2]:
+        raise ValueError(
+            f"k/v {k.shape} do not fit q {q.shape}: need the same B, T, D and H a multiple of KV"
+        )
+    if segment_ids.shape != (b, t):
+        raise ValueError(f"segment_ids must be [B, T] = {(b, t)}; got {segment_ids.shape}")
+    if impl == "plain":
+        return _plain(q, k, v, segment_ids)
+    if impl == "blocked":
+        return _blocked(q, k, v, segment_ids, block)
+    if impl == "xla":
+        return _xla(q, k, v, segment_ids)
+    if impl == "cudnn":
+        return _cudnn(q, k, v, segment_ids)
+    return _splash(q, k, v, segment_ids, block, interpret)
