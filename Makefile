@@ -3,20 +3,35 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install run test bench clean chromium
+# `make run` and `make test` are CPU jobs. Once the tpu extra (libtpu) is in the venv, every jax start
+# on a machine without a TPU prints libtpu's initialisation errors; JAX_PLATFORMS=cpu silences them.
+# On an accelerator, let jax choose: `make run JAX_PLATFORMS=` (or JAX_PLATFORMS=tpu / cuda).
+JAX_PLATFORMS ?= cpu
+run test: export JAX_PLATFORMS := $(JAX_PLATFORMS)
 
+.PHONY: install install-tpu run test bench clean chromium
+
+# Each stamp is redone when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
+# The tpu extra (libtpu, ~680 MB) on top: the test suite compiles ahead of time for TPU topologies
+# (jax.experimental.topologies) on CPU-only machines. (TPU VM workers install .[tpu] alone: launch/tpu_vm.sh.)
+$(VENV)/.installed-tpu: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install --quiet -e ".[test,tpu]"
+	touch $@
+
 install: $(VENV)/.installed
+
+install-tpu: $(VENV)/.installed-tpu
 
 run: install
 	$(PY) -m gsjax.train --config=configs/grpo.py
 
-test: install chromium
+test: install-tpu chromium
 	$(PY) -m pytest -q
 
 # The evaluation report's test renders it in headless Chromium, installed from the system packages
