@@ -36,6 +36,12 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.model.path = ""  # a policy or HF checkpoint folder; empty = a tiny model built from model.tiny
     c.model.dtype = "float32"
     c.model.param_dtype = "float32"
+    # How the model runs (not what it is): scanned layers, rematerialisation ("none", "full", "dots",
+    # "dots_no_batch"), attention of full passes ("blocked", "plain", "xla", "cudnn", "splash").
+    c.model.scan_layers = False
+    c.model.remat = "none"
+    c.model.attention = "blocked"
+    c.model.attention_block = 128
     c.model.tiny = ml_collections.ConfigDict(dict(
         vocab_size=2048, hidden_size=128, intermediate_size=512, num_layers=2, num_heads=4, num_kv_heads=2,
         head_dim=32, tie_embeddings=True, rope_theta=10_000.0))
@@ -52,13 +58,13 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
 
     c.sft = ml_collections.ConfigDict(dict(
         steps=1000, lr=3e-3, warmup_frac=0.05, weight_decay=1e-6, clip_norm=1.0, row_len=1024, rows_per_batch=2,
-        checkpoint_every=100, keep_checkpoints=2))
+        micro_batch_tokens=0, vocab_chunk=0, checkpoint_every=100, keep_checkpoints=2))
 
     c.rl = ml_collections.ConfigDict(dict(
         steps=30, prompts_per_step=8, group_size=4, lr=5e-4, weight_decay=0.01, clip_norm=1.0,
         temperature=1.0, top_p=1.0, top_k=0, clip_low=0.2, clip_high=0.28, dual_clip=3.0, kl_coef=0.0,
         loss_agg="seq-mean-token-sum", normalize_std=True, drop_degenerate_groups=False, mismatch_cap=0.0,
-        num_slots=32, cache_len=1024, checkpoint_every=5, keep_checkpoints=2))
+        num_slots=32, cache_len=1024, micro_batch_tokens=0, vocab_chunk=0, checkpoint_every=5, keep_checkpoints=2))
 
     c.reward = reward_config()
 

@@ -9,14 +9,21 @@ from pathlib import Path
 
 
 class MetricsLog:
-    def __init__(self, workdir: Path | str):
+    """`enabled=False` (every process but the first of a multi-process run) writes nothing."""
+
+    def __init__(self, workdir: Path | str, enabled: bool = True):
+        self.path = Path(workdir) / "metrics.jsonl"
+        self.enabled = enabled
+        if not enabled:
+            return
         from tensorboardX import SummaryWriter
 
-        self.path = Path(workdir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
 
     def write(self, phase: str, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps({"phase": phase, "step": step, **metrics}) + "\n")
         for name, value in metrics.items():
@@ -25,7 +32,8 @@ class MetricsLog:
         self._tb.flush()
 
     def close(self) -> None:
-        self._tb.close()
+        if self.enabled:
+            self._tb.close()
 
 
 def read(path: Path | str) -> list[dict]:

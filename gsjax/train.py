@@ -15,6 +15,12 @@ Everything a run makes is under `workdir`: the world and data (offline), `policy
 (orbax), `metrics.jsonl` and `tensorboard/`, `summary.json`. Rerunning the same command resumes:
 finished phases are skipped, an interrupted phase continues from its last checkpoint with the same
 data order and the same rollout seeds.
+
+One mesh (`mesh`: data, fsdp, tp) for the whole run: the SFT step, the GRPO update and its frozen
+reference run on it, and the rollout sampler on this process's block of it. Started on several
+hosts (`launch/`), every process runs this same program: each rolls out and scores its own share
+of a step's prompts (and of the held-out prompts), the learner steps on all of them as one global
+batch, and process 0 alone writes metrics, TensorBoard, policy folders and the summary.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from gsjax.checkpoint import Checkpointer
 from gsjax.data.formats import SFTExample, read_knowgen, read_rl_data, read_sft_data
 from gsjax.fileio import atomic_write
 from gsjax.models.qwen3 import Qwen3, Qwen3Config
-from gsjax.parallel import initialize_distributed, make_mesh, shard_module
+from gsjax.parallel import barrier, initialize_distributed, is_primary, make_mesh, process_mesh, process_share, shard_module
 from gsjax.rewards.backends import build_rewards
 from gsjax.rl.grpo import LossConfig
 from gsjax.rl.loop import GRPOLoop, Prompt, evaluate
@@ -73,12 +79,18 @@ class Data:
 
 def load_data(cfg: ml_collections.ConfigDict, workdir: Path, tools: ToolsConfig, limits: AgentLimits,
               today: datetime.date) -> Data:
-    """The offline world's assets (built once), or the files the config names."""
+    """The offline world's assets (built once, by process 0), or the files the config names."""
     if cfg.data.world:
         from gsjax.world.assets import ExpertSpec, WorldSpec, prepare
 
-        a = prepare(workdir, WorldSpec(**cfg.data.world_size), ExpertSpec(**cfg.data.expert), tools, limits,
-                    today, cfg.model.tiny.vocab_size)
+        def assets():
+            return prepare(workdir, WorldSpec(**cfg.data.world_size), ExpertSpec(**cfg.data.expert), tools, limits,
+                           today, cfg.model.tiny.vocab_size)
+
+        if is_primary():
+            assets()
+        barrier("offline assets")
+        a = assets()  # read back, as built
         rl = [Prompt(str(i.id), i.prompt, i.gt_image) for i in a.rl_items]
         heldout = [Prompt(str(i.id), i.prompt, i.gt_image) for i in a.eval_items]
         return Data(a.world_dir, a.sft_examples, rl, heldout[: cfg.eval.prompts], a.tokenizer)
@@ -91,25 +103,37 @@ def load_data(cfg: ml_collections.ConfigDict, workdir: Path, tools: ToolsConfig,
     return Data(None, sft, rl, heldout[: cfg.eval.prompts], Tokenizer.from_pretrained(cfg.model.path))
 
 
+def run_settings(cfg: ml_collections.ConfigDict) -> dict:
+    """How the model runs (`hf_io.RUN_FIELDS`): dtypes, scanned layers, remat, attention."""
+    m = cfg.model
+    return dict(dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=m.scan_layers, remat=m.remat,
+                attention=m.attention, attention_block=m.attention_block)
+
+
 def initial_policy(cfg: ml_collections.ConfigDict, tok: Tokenizer, limits: AgentLimits, sampling: SamplingParams,
                    mesh) -> Policy:
     if cfg.model.path:
-        policy = load_policy(cfg.model.path, mesh, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype,
-                             progress=True)
+        policy = load_policy(cfg.model.path, mesh, progress=is_primary(), **run_settings(cfg))
         return dataclasses.replace(policy, limits=limits, sampling=sampling)
-    model_cfg = Qwen3Config(**{**cfg.model.tiny.to_dict(), "vocab_size": tok.vocab_size},
-                            dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype)
+    model_cfg = Qwen3Config(**{**cfg.model.tiny.to_dict(), "vocab_size": tok.vocab_size}, **run_settings(cfg))
     model = Qwen3(model_cfg, rngs=nnx.Rngs(cfg.seed))
     shard_module(model, mesh)
     return Policy(model, tok, limits, sampling)
 
 
-def _finished(out: Path, phase: str) -> Policy | None:
+def _finished(cfg: ml_collections.ConfigDict, out: Path, phase: str, mesh) -> Policy | None:
     """The policy a finished phase wrote, if it did (a rerun skips the phase)."""
     if not (out / AGENT_FILE).is_file():
         return None
     log.info("%s: reusing %s", phase, out)
-    return load_policy(out)
+    return load_policy(out, mesh, **run_settings(cfg))
+
+
+def learner_row_len(cfg: ml_collections.ConfigDict) -> int:
+    """Packed rows hold the longest conversation the sampler can hold (its cache length), rounded
+    up to the attention's block."""
+    block = cfg.model.attention_block
+    return -(-cfg.rl.cache_len // block) * block
 
 
 def _restore(ckpt: Checkpointer, trainer) -> dict | None:
@@ -126,9 +150,9 @@ def _save(ckpt: Checkpointer, trainer, record: dict) -> None:
 
 
 def sft_phase(cfg: ml_collections.ConfigDict, workdir: Path, policy: Policy, examples: list[SFTExample],
-              mlog: metrics_lib.MetricsLog) -> Policy:
+              mlog: metrics_lib.MetricsLog, mesh) -> Policy:
     out = workdir / "policy_sft"
-    if done := _finished(out, "SFT"):
+    if done := _finished(cfg, out, "SFT", mesh):
         return done
     s = cfg.sft
     if s.steps == 0:
@@ -144,7 +168,9 @@ def sft_phase(cfg: ml_collections.ConfigDict, workdir: Path, policy: Policy, exa
                  len(encoded) - len(kept), len(encoded), s.row_len)
     encoded = kept
     trainer = SFTTrainer(policy.model, SFTConfig(steps=s.steps, lr=s.lr, warmup_frac=s.warmup_frac,
-                                                  weight_decay=s.weight_decay, clip_norm=s.clip_norm))
+                                                  weight_decay=s.weight_decay, clip_norm=s.clip_norm,
+                                                  micro_batch_tokens=s.micro_batch_tokens, vocab_chunk=s.vocab_chunk),
+                         mesh=mesh)
     data = batches(encoded, s.row_len, s.rows_per_batch, cfg.seed)
     with Checkpointer(workdir / "ckpt_sft", keep=s.keep_checkpoints) as ckpt:
         start = 0
@@ -153,7 +179,7 @@ def sft_phase(cfg: ml_collections.ConfigDict, workdir: Path, policy: Policy, exa
             log.info("SFT: resuming after step %d", start)
         for _ in range(start):  # the same batches, in the same order, as an uninterrupted run
             next(data)
-        bar = tqdm(range(start + 1, s.steps + 1), desc="sft", initial=start, total=s.steps)
+        bar = tqdm(range(start + 1, s.steps + 1), desc="sft", initial=start, total=s.steps, disable=not is_primary())
         for step in bar:
             loss = trainer.train_step(next(data))
             bar.set_postfix(loss=f"{loss:.3f}")
@@ -174,15 +200,18 @@ def prompt_stream(n: int, per_step: int, seed: int):
 
 
 def grpo_phase(cfg: ml_collections.ConfigDict, workdir: Path, policy: Policy, prompts: list[Prompt], toolbox,
-               rewards, today: datetime.date, mlog: metrics_lib.MetricsLog) -> Policy:
+               rewards, today: datetime.date, mlog: metrics_lib.MetricsLog, mesh) -> Policy:
     out = workdir / "policy_grpo"
-    if done := _finished(out, "GRPO"):
+    if done := _finished(cfg, out, "GRPO", mesh):
         return done
     r = cfg.rl
     if r.steps == 0:
         return policy
     if len(prompts) < r.prompts_per_step:
         raise ValueError(f"rl.prompts_per_step is {r.prompts_per_step} but there are {len(prompts)} RL prompts")
+    if r.prompts_per_step % jax.process_count():
+        raise ValueError(f"rl.prompts_per_step={r.prompts_per_step} does not divide over {jax.process_count()} "
+                         "processes (each rolls out whole groups)")
     loss = LossConfig(clip_low=r.clip_low, clip_high=r.clip_high, dual_clip=r.dual_clip or None,
                       kl_coef=r.kl_coef, agg=r.loss_agg, mismatch_cap=r.mismatch_cap or None)
     # The trainer donates its parameters on every step: give it its own copy, the SFT policy is
@@ -190,8 +219,9 @@ def grpo_phase(cfg: ml_collections.ConfigDict, workdir: Path, policy: Policy, pr
     graphdef, state = nnx.split(policy.model)
     trainer = GRPOTrainer(nnx.merge(graphdef, jax.tree.map(jnp.copy, state)), GRPOConfig(
         lr=r.lr, weight_decay=r.weight_decay, clip_norm=r.clip_norm, temperature=r.temperature,
-        normalize_std=r.normalize_std, drop_degenerate_groups=r.drop_degenerate_groups, loss=loss))
-    sampler = policy.sampler(r.num_slots, r.cache_len, seed=cfg.seed)
+        normalize_std=r.normalize_std, drop_degenerate_groups=r.drop_degenerate_groups, loss=loss,
+        row_len=learner_row_len(cfg), micro_batch_tokens=r.micro_batch_tokens, vocab_chunk=r.vocab_chunk), mesh=mesh)
+    sampler = policy.sampler(r.num_slots, r.cache_len, seed=cfg.seed, mesh=process_mesh(mesh))
     loop = GRPOLoop(trainer, policy.engine(sampler, toolbox, today), rewards, r.group_size)
     stream = prompt_stream(len(prompts), r.prompts_per_step, cfg.seed)
     with Checkpointer(workdir / "ckpt_grpo", keep=r.keep_checkpoints) as ckpt:
@@ -200,11 +230,13 @@ def grpo_phase(cfg: ml_collections.ConfigDict, workdir: Path, policy: Policy, pr
             stream.set_state(record["data"])
             start = record["step"]
             log.info("GRPO: resuming after step %d", start)
-        for step in tqdm(range(start + 1, r.steps + 1), desc="grpo", initial=start, total=r.steps):
-            batch = [prompts[int(i)] for i in next(stream)]
-            m = loop.step(batch, seed=cfg.seed * 1_000_003 + step)
+        for step in tqdm(range(start + 1, r.steps + 1), desc="grpo", initial=start, total=r.steps,
+                         disable=not is_primary()):
+            batch = [prompts[int(i)] for i in next(stream)]  # the same on every process
+            m = loop.step(process_share(batch), seed=cfg.seed * 1_000_003 + step)
             mlog.write("grpo", step, m)
-            tqdm.write(metrics_lib.line(step, r.steps, m, STEP_LINE))
+            if is_primary():
+                tqdm.write(metrics_lib.line(step, r.steps, m, STEP_LINE))
             if step % r.checkpoint_every == 0 or step == r.steps:
                 _save(ckpt, trainer, {"step": step, "data": stream.get_state()})
         ckpt.wait()
@@ -214,9 +246,10 @@ def grpo_phase(cfg: ml_collections.ConfigDict, workdir: Path, policy: Policy, pr
 
 
 def eval_phase(cfg: ml_collections.ConfigDict, workdir: Path, policies: dict[str, Policy], prompts: list[Prompt],
-               toolbox, today: datetime.date) -> dict[str, dict[str, float]]:
+               toolbox, today: datetime.date, mesh) -> dict[str, dict[str, float]]:
     """Held-out mean reward of each policy; "no_search" is the first policy with its tools off
-    (its answer cannot cite images, so the generator gets its gen_prompt alone: min_refs 0)."""
+    (its answer cannot cite images, so the generator gets its gen_prompt alone: min_refs 0). Each
+    process evaluates its share of the prompts."""
     e = cfg.eval
     sampling = SamplingParams(temperature=e.temperature, top_p=e.top_p)
     results: dict[str, dict[str, float]] = {}
@@ -224,8 +257,10 @@ def eval_phase(cfg: ml_collections.ConfigDict, workdir: Path, policies: dict[str
     for name, policy, tools in runs:
         rewards = build_rewards(cfg.reward, cfg_world(cfg, workdir), workdir / "eval_images" / name,
                                 **({"min_refs": 0} if name == "no_search" else {}))
-        sampler = policy.sampler(e.num_slots, cfg.rl.cache_len, seed=cfg.seed, sampling=sampling)
-        results[name] = evaluate(policy.engine(sampler, tools, today), rewards, prompts, name, seed=e.seed)
+        sampler = policy.sampler(e.num_slots, cfg.rl.cache_len, seed=cfg.seed, sampling=sampling,
+                                 mesh=process_mesh(mesh))
+        results[name] = evaluate(policy.engine(sampler, tools, today), rewards, process_share(prompts), name,
+                                 seed=e.seed, progress=is_primary())
         log.info("held-out %s: %s", name, results[name])
     return results
 
@@ -237,37 +272,45 @@ def cfg_world(cfg: ml_collections.ConfigDict, workdir: Path) -> Path | None:
 def run(cfg: ml_collections.ConfigDict) -> dict:
     start = time.perf_counter()
     initialize_distributed()
+    primary = is_primary()
     workdir = Path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    config_lib.save(cfg, workdir / "config.json")
+    if primary:
+        config_lib.save(cfg, workdir / "config.json")
     today = prompt_date(cfg.agent.today)
     limits = AgentLimits(**cfg.agent.limits)
     tools_cfg = ToolsConfig.from_dict({**cfg.tools.to_dict(), "image_dir": cfg.tools.image_dir
                                        or str(workdir / "tool_images")})
-    if cfg.data.world:
-        tools_cfg = dataclasses.replace(tools_cfg, backend="local", world_dir=str(workdir / "world"))
+    if cfg.data.world and tools_cfg.backend == "local":
+        tools_cfg = dataclasses.replace(tools_cfg, world_dir=str(workdir / "world"))
     mesh = make_mesh(cfg.mesh.to_dict())
-    mlog = metrics_lib.MetricsLog(workdir)
+    if primary:
+        log.info("mesh %s over %d devices, %d process(es); rollouts on %s per process", dict(mesh.shape),
+                 mesh.size, jax.process_count(), dict(process_mesh(mesh).shape))
+    mlog = metrics_lib.MetricsLog(workdir, enabled=primary)
     data = load_data(cfg, workdir, tools_cfg, limits, today)
     sampling = SamplingParams(temperature=cfg.rl.temperature, top_p=cfg.rl.top_p, top_k=cfg.rl.top_k)
     policies: dict[str, Policy] = {}
     with build_toolbox(tools_cfg) as toolbox:
-        policy = sft_phase(cfg, workdir, initial_policy(cfg, data.tokenizer, limits, sampling, mesh), data.sft, mlog)
+        policy = sft_phase(cfg, workdir, initial_policy(cfg, data.tokenizer, limits, sampling, mesh), data.sft, mlog,
+                           mesh)
         policies["sft"] = policy
         if cfg.rl.steps > 0:
             rewards = build_rewards(cfg.reward, cfg_world(cfg, workdir), workdir / "rollout_images")
-            policies["grpo"] = grpo_phase(cfg, workdir, policy, data.rl, toolbox, rewards, today, mlog)
-        results = eval_phase(cfg, workdir, policies, data.heldout, toolbox, today) if data.heldout else {}
+            policies["grpo"] = grpo_phase(cfg, workdir, policy, data.rl, toolbox, rewards, today, mlog, mesh)
+        results = eval_phase(cfg, workdir, policies, data.heldout, toolbox, today, mesh) if data.heldout else {}
     mlog.close()
     grpo = sorted((r["step"], r["reward"]) for r in metrics_lib.read(mlog.path) if r["phase"] == "grpo")
-    if grpo:
-        metrics_lib.plot({"GRPO training reward": grpo}, workdir / "grpo_curve.png",
-                         "mean reward of each GRPO step's rollouts")
     summary = {"heldout": results, "heldout_prompts": len(data.heldout), "seed": cfg.seed,
                "grpo_reward_by_step": [v for _, v in grpo],
                "minutes": (time.perf_counter() - start) / 60}
-    atomic_write(workdir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
-    print(format_summary(summary))
+    if primary:
+        if grpo:
+            metrics_lib.plot({"GRPO training reward": grpo}, workdir / "grpo_curve.png",
+                             "mean reward of each GRPO step's rollouts")
+        atomic_write(workdir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+        print(format_summary(summary))
+    barrier("end of run")
     return summary
 
 

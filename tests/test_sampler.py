@@ -148,7 +148,7 @@ def test_five_batches_of_different_lengths_in_one_bucket_compile_once(model):
         turns = sampler.generate(prompts, max_new_tokens=8)
         assert all(len(t.tokens) == 8 for t in turns)
     assert dict(sampler.compile_counts) == {"prefill[4x32]": 1, "decode": 1}
-    assert sampler._prefill_fn._cache_size() == 1 and sampler._decode_fn._cache_size() == 1
+    assert sampler.programs.jitted_prefill._cache_size() == 1 and sampler.programs.jitted_decode._cache_size() == 1
 
 
 # ----------------------------------------------------------------------------- sample()

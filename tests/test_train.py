@@ -40,7 +40,7 @@ def test_grpo_loop_on_the_world_compiles_each_shape_once(tmp_path):
     model = Qwen3(tiny_config(vocab_size=tok.vocab_size, hidden_size=32, num_heads=2, num_kv_heads=1,
                               head_dim=16, intermediate_size=64), rngs=nnx.Rngs(0))
     policy = Policy(model, tok, LIMITS, SamplingParams(temperature=1.0))
-    trainer = GRPOTrainer(model, GRPOConfig(lr=1e-3, temperature=1.0, length_buckets=(512, 1024)))
+    trainer = GRPOTrainer(model, GRPOConfig(lr=1e-3, temperature=1.0, row_len=1024))
     sampler = policy.sampler(4, 1024, seed=0)
     tools = ToolsConfig(world_dir=str(root), image_dir=str(tmp_path / "img"), extractive_sentences=2)
     rewards = RewardComputer(WorldGenerator(root), WorldJudgeBackend(root), tmp_path / "gen")
@@ -48,10 +48,10 @@ def test_grpo_loop_on_the_world_compiles_each_shape_once(tmp_path):
     with build_toolbox(tools) as toolbox:
         loop = GRPOLoop(trainer, policy.engine(sampler, toolbox, datetime.date(2026, 1, 1)), rewards, group_size=2)
         steps = [loop.step(prompts, seed=s) for s in range(4)]
-    lengths = {m["batch_len"] for m in steps}
+    shapes = {(m["micro_batches"], m["batch_rows"]) for m in steps}
     turns = {m["traj_tokens"] for m in steps}
     assert len(turns) > 1  # trajectories of different lengths and turn counts from step to step
-    assert trainer.compiles == len(lengths)  # one learner compile per length bucket, none after
+    assert trainer.compiles == len(shapes)  # one learner compile per batch shape, none after
     assert set(sampler.compile_counts.values()) == {1}
     for m in steps:
         assert m["mismatch_abs"] < 1e-3  # the sampler's and learner's log-probabilities agree

@@ -20,6 +20,7 @@ from gsjax.agent.rollout import RolloutEngine
 from gsjax.fileio import atomic_write
 from gsjax.models.hf_io import load_model, save_model
 from gsjax.models.qwen3 import Qwen3
+from gsjax.parallel import barrier, is_primary
 from gsjax.sampling import Sampler, SamplingParams
 from gsjax.tokenizer import Tokenizer
 
@@ -56,18 +57,23 @@ def _has(tok: Tokenizer, token: str) -> bool:
 
 
 def save_policy(policy: Policy, folder: str | Path) -> Path:
+    """Write the policy folder (`agent.json` last: its presence means the folder is complete).
+    Every process takes part in gathering the parameters; process 0 writes, the others wait."""
     folder = Path(folder)
     save_model(policy.model, folder)
-    policy.tokenizer.save(folder)
-    settings = {"limits": dataclasses.asdict(policy.limits), "sampling": dataclasses.asdict(policy.sampling)}
-    atomic_write(folder / AGENT_FILE, (json.dumps(settings, indent=2) + "\n").encode())
+    if is_primary():
+        policy.tokenizer.save(folder)
+        settings = {"limits": dataclasses.asdict(policy.limits), "sampling": dataclasses.asdict(policy.sampling)}
+        atomic_write(folder / AGENT_FILE, (json.dumps(settings, indent=2) + "\n").encode())
+    barrier(f"save_policy {folder}")
     return folder
 
 
-def load_policy(folder: str | Path, mesh: Mesh | None = None, *, dtype: str | None = None,
-                param_dtype: str | None = None, progress: bool = False) -> Policy:
+def load_policy(folder: str | Path, mesh: Mesh | None = None, *, progress: bool = False, **run) -> Policy:
+    """A policy folder's model on `mesh`; `run` sets how the model runs (`hf_io.RUN_FIELDS`:
+    dtypes, scanned layers, remat, attention)."""
     folder = Path(folder)
-    model = load_model(folder, mesh, dtype=dtype, param_dtype=param_dtype, progress=progress)
+    model = load_model(folder, mesh, progress=progress, **run)
     tokenizer = Tokenizer.from_pretrained(folder)
     file = folder / AGENT_FILE
     if not file.is_file():

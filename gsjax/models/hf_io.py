@@ -8,6 +8,7 @@ folder raises an error naming the tensor or field and nothing half-loaded is eve
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 from collections.abc import Callable, Iterable, Sequence
@@ -136,6 +137,7 @@ class TensorMap:
     hf_shape: tuple[int, ...]
     to_ours: Callable[[np.ndarray], np.ndarray]
     to_hf: Callable[[np.ndarray], np.ndarray]
+    layer: int | None = None  # the tensor is entry `layer` of a stacked (scanned) parameter
 
 
 def _same(x: np.ndarray) -> np.ndarray:
@@ -167,28 +169,34 @@ def tensor_layout(cfg: Qwen3Config) -> list[TensorMap]:
     has_bias = cfg.attention_bias or cfg.family == "qwen2"
     for i in range(cfg.num_layers):
         p = f"model.layers.{i}."
-        a = ("layers", i, "self_attn")
+        # Scanned layers keep one stacked parameter per name; the tensor is its entry i.
+        at, layer = (("layers",), i) if cfg.scan_layers else (("layers", i), None)
+        a = at + ("self_attn",)
+
+        def tm(name, path, shape, to_ours, to_hf):
+            return TensorMap(p + name, path, shape, to_ours, to_hf, layer)
+
         maps += [
-            TensorMap(p + "input_layernorm.weight", ("layers", i, "input_layernorm", "scale"), (e,), _same, _same),
-            TensorMap(p + "post_attention_layernorm.weight", ("layers", i, "post_attention_layernorm", "scale"), (e,), _same, _same),
-            TensorMap(p + "self_attn.q_proj.weight", a + ("q_proj",), (h * d, e), *in_proj(h)),
-            TensorMap(p + "self_attn.k_proj.weight", a + ("k_proj",), (kv * d, e), *in_proj(kv)),
-            TensorMap(p + "self_attn.v_proj.weight", a + ("v_proj",), (kv * d, e), *in_proj(kv)),
-            TensorMap(p + "self_attn.o_proj.weight", a + ("o_proj",), (e, h * d), *out_proj),
-            TensorMap(p + "mlp.gate_proj.weight", ("layers", i, "mlp", "gate_proj"), (m, e), _t, _t),
-            TensorMap(p + "mlp.up_proj.weight", ("layers", i, "mlp", "up_proj"), (m, e), _t, _t),
-            TensorMap(p + "mlp.down_proj.weight", ("layers", i, "mlp", "down_proj"), (e, m), _t, _t),
+            tm("input_layernorm.weight", at + ("input_layernorm", "scale"), (e,), _same, _same),
+            tm("post_attention_layernorm.weight", at + ("post_attention_layernorm", "scale"), (e,), _same, _same),
+            tm("self_attn.q_proj.weight", a + ("q_proj",), (h * d, e), *in_proj(h)),
+            tm("self_attn.k_proj.weight", a + ("k_proj",), (kv * d, e), *in_proj(kv)),
+            tm("self_attn.v_proj.weight", a + ("v_proj",), (kv * d, e), *in_proj(kv)),
+            tm("self_attn.o_proj.weight", a + ("o_proj",), (e, h * d), *out_proj),
+            tm("mlp.gate_proj.weight", at + ("mlp", "gate_proj"), (m, e), _t, _t),
+            tm("mlp.up_proj.weight", at + ("mlp", "up_proj"), (m, e), _t, _t),
+            tm("mlp.down_proj.weight", at + ("mlp", "down_proj"), (e, m), _t, _t),
         ]
         if has_bias:
             maps += [
-                TensorMap(p + "self_attn.q_proj.bias", a + ("q_bias",), (h * d,), *bias(h)),
-                TensorMap(p + "self_attn.k_proj.bias", a + ("k_bias",), (kv * d,), *bias(kv)),
-                TensorMap(p + "self_attn.v_proj.bias", a + ("v_bias",), (kv * d,), *bias(kv)),
+                tm("self_attn.q_proj.bias", a + ("q_bias",), (h * d,), *bias(h)),
+                tm("self_attn.k_proj.bias", a + ("k_bias",), (kv * d,), *bias(kv)),
+                tm("self_attn.v_proj.bias", a + ("v_bias",), (kv * d,), *bias(kv)),
             ]
         if cfg.qk_norm:
             maps += [
-                TensorMap(p + "self_attn.q_norm.weight", a + ("q_norm", "scale"), (d,), _same, _same),
-                TensorMap(p + "self_attn.k_norm.weight", a + ("k_norm", "scale"), (d,), _same, _same),
+                tm("self_attn.q_norm.weight", a + ("q_norm", "scale"), (d,), _same, _same),
+                tm("self_attn.k_norm.weight", a + ("k_norm", "scale"), (d,), _same, _same),
             ]
     return maps
 
@@ -268,6 +276,9 @@ def load_tensors_into(
         by_file.setdefault(files[t.hf_name], []).append(t)
     target = numpy_dtype(param_dtype)
     loaded: dict[tuple, jax.Array] = {}
+    # Stacked parameters are filled entry by entry on the host, placed once all entries are read.
+    stacks = {t.path: np.empty(variables[t.path].shape, target) for t in layout if t.layer is not None}
+    pending = collections.Counter(t.path for t in layout if t.layer is not None)
     items = sorted(by_file.items())
     if progress:
         from tqdm import tqdm
@@ -283,6 +294,12 @@ def load_tensors_into(
                     )
                 var = variables[t.path]
                 value = t.to_ours(raw).astype(target)
+                if t.layer is not None:
+                    stacks[t.path][t.layer] = value
+                    pending[t.path] -= 1
+                    if pending[t.path]:
+                        continue
+                    value = stacks.pop(t.path)
                 assert value.shape == var.shape, (t.hf_name, value.shape, var.shape)
                 loaded[t.path] = place(value, var.get_metadata()["axes"], mesh)
 
@@ -291,17 +308,18 @@ def load_tensors_into(
     return nnx.merge(graphdef, nnx.from_flat_state(variables))
 
 
-def load_model(
-    folder: str | Path,
-    mesh: Mesh | None = None,
-    *,
-    dtype: str | None = None,
-    param_dtype: str | None = None,
-    progress: bool = False,
-) -> Qwen3:
-    """Load a Qwen3 / Qwen2 checkpoint folder into an NNX model placed on `mesh`."""
+# Qwen3Config fields a caller may set when loading: how to run the model, not what it is.
+RUN_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat", "attention", "attention_block")
+
+
+def load_model(folder: str | Path, mesh: Mesh | None = None, *, progress: bool = False, **run: Any) -> Qwen3:
+    """Load a Qwen3 / Qwen2 checkpoint folder into an NNX model placed on `mesh`; `run` sets
+    RUN_FIELDS of its config (None or "" keeps the folder's / the default)."""
     folder = Path(folder)
-    overrides = {k: v for k, v in dict(dtype=dtype, param_dtype=param_dtype).items() if v}
+    unknown = sorted(set(run) - set(RUN_FIELDS))
+    if unknown:
+        raise TypeError(f"load_model: unknown setting(s) {unknown}; expected {RUN_FIELDS}")
+    overrides = {k: v for k, v in run.items() if v is not None and v != ""}
     cfg = load_config(folder, **overrides)
     return load_tensors_into(
         lambda: Qwen3(cfg, rngs=nnx.Rngs(0)), folder, tensor_layout(cfg), file_index(folder),
@@ -366,7 +384,14 @@ def gather_tensors(module: nnx.Module, layout: Sequence[TensorMap]) -> dict[str,
     """Every tensor of `layout` from `module`, on the host in the checkpoint's layout (every
     process takes part in gathering sharded parameters)."""
     state = dict(nnx.to_flat_state(nnx.state(module, nnx.Param)))
-    return {t.hf_name: t.to_hf(to_host(state[t.path][...])) for t in layout}
+    host: dict[tuple, np.ndarray] = {}  # each (stacked) parameter gathered once
+    out = {}
+    for t in layout:
+        if t.path not in host:
+            host[t.path] = to_host(state[t.path][...])
+        value = host[t.path] if t.layer is None else host[t.path][t.layer]
+        out[t.hf_name] = t.to_hf(value)
+    return out
 
 
 def save_model(model: Qwen3, folder: str | Path, *, max_shard_bytes: int = 5 * 2**30) -> Path:

@@ -7,22 +7,41 @@ rules mapping names to mesh axes come from `gsjax.parallel`, never from here.
 Two ways to run it:
 - `model(tokens, positions=..., segment_ids=...)`: a full causal pass (training, scoring); tokens
   with segment id 0 are padding, and tokens attend only within their own segment (packing).
-- `model.forward_cached(tokens, cache, starts)`: the sampler's pass. Row b's tokens are written to
-  its KV cache at [starts[b], starts[b] + T) and attend to everything before them in that row.
+- `model.forward_cached(tokens, cache, starts, rows)`: the sampler's pass. Batch row b's tokens are
+  written into cache slot `rows[b]` at [starts[b], starts[b] + T) and attend to everything before
+  them in that slot.
+
+How it runs is set in the config too, apart from the architecture (none of it changes the
+numbers beyond float rounding): `scan_layers` stacks the layers' parameters on a leading `layers`
+axis and runs them with `lax.scan` (one compiled layer; what an 8B model needs), `remat` picks
+what the backward pass recomputes (`REMAT_POLICIES`), and `attention` the implementation of full
+causal passes (`gsjax.models.attention.IMPLEMENTATIONS`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, NamedTuple
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gsjax.models.attention import IMPLEMENTATIONS, attend, causal_attention
 from gsjax.parallel import constrain
 
 Family = Literal["qwen3", "qwen2"]
+
+# What the backward pass keeps of each layer (everything else is recomputed): "none" keeps all
+# (no rematerialisation), "full" only the layer's input, "dots" every matmul output, "dots_no_batch"
+# the matmuls without a batch dimension (weights x activations, not attention scores).
+REMAT_POLICIES: dict[str, Callable | None] = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +62,11 @@ class Qwen3Config:
     family: Family = "qwen3"
     dtype: str = "float32"  # activations and KV cache
     param_dtype: str = "float32"
+    # How to run it (not part of a checkpoint).
+    scan_layers: bool = False
+    remat: str = "none"
+    attention: str = "blocked"
+    attention_block: int = 128  # query/key block of "blocked" and "splash" (512 suits TPUs)
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
@@ -51,6 +75,10 @@ class Qwen3Config:
             )
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat={self.remat!r}; expected one of {sorted(REMAT_POLICIES)}")
+        if self.attention not in IMPLEMENTATIONS:
+            raise ValueError(f"attention={self.attention!r}; expected one of {IMPLEMENTATIONS}")
 
     @property
     def jnp_dtype(self) -> jnp.dtype:
@@ -78,28 +106,32 @@ def tiny_config(**overrides) -> Qwen3Config:
     return Qwen3Config(**{**base, **overrides})
 
 
+# Qwen3-8B as trained: bf16 compute over float32 master weights (an lr-1e-6 update is below bf16's
+# resolution of the weights), scanned layers, full remat, splash attention.
 QWEN3_8B = Qwen3Config(
     vocab_size=151_936, hidden_size=4096, intermediate_size=12_288, num_layers=36, num_heads=32,
     num_kv_heads=8, head_dim=128, rope_theta=1_000_000.0, tie_embeddings=False, dtype="bfloat16",
-    param_dtype="bfloat16",
+    param_dtype="float32", scan_layers=True, remat="full", attention="splash", attention_block=512,
 )
 
 
-class LayerCache(NamedTuple):
-    """One layer's keys and values: [batch, cache_len, kv_heads, head_dim]."""
+class KVCache(NamedTuple):
+    """Keys and values of every layer and slot: [layers, slots, cache_len, kv_heads, head_dim]."""
 
     k: jax.Array
     v: jax.Array
 
 
-KVCache = tuple[LayerCache, ...]
+CACHE_AXES = ("layers", "act_batch", "act_cache_len", "act_kv_heads", "act_head_dim")
+
+
+def cache_shape(cfg: Qwen3Config, batch: int, length: int) -> tuple[int, ...]:
+    return (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
 
 
 def init_cache(cfg: Qwen3Config, batch: int, length: int) -> KVCache:
-    shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
-    axes = ("act_batch", "act_cache_len", "act_kv_heads", "act_head_dim")
-    zeros = lambda: constrain(jnp.zeros(shape, cfg.jnp_dtype), axes)  # noqa: E731
-    return tuple(LayerCache(zeros(), zeros()) for _ in range(cfg.num_layers))
+    zeros = lambda: constrain(jnp.zeros(cache_shape(cfg, batch, length), cfg.jnp_dtype), CACHE_AXES)  # noqa: E731
+    return KVCache(zeros(), zeros())
 
 
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], dtype, init: str = "normal") -> nnx.Param:
@@ -135,30 +167,6 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return x * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
 
 
-def _write_rows(cache: jax.Array, new: jax.Array, starts: jax.Array) -> jax.Array:
-    """cache[b, starts[b] + t] = new[b, t] for every row b; positions past the cache are dropped
-    (padding of a bucketed prefill), never clamped onto earlier entries."""
-    b, t = new.shape[:2]
-    rows = jnp.broadcast_to(jnp.arange(b)[:, None], (b, t))
-    cols = starts[:, None] + jnp.arange(t)[None, :]
-    return cache.at[rows, cols].set(new.astype(cache.dtype), mode="drop")
-
-
-CAUSAL_BLOCK = 128  # query block of full causal passes (see Attention.__call__)
-
-
-def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Grouped-query attention: q [B, T, H, D], k/v [B, S, KV, D], mask [B, T, S] -> [B, T, H, D]."""
-    b, t, h, d = q.shape
-    kv = k.shape[2]
-    q = q.reshape(b, t, kv, h // kv, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-    scores = scores * (d**-0.5)
-    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, d)
-
-
 class Attention(nnx.Module):
     def __init__(self, cfg: Qwen3Config, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -180,37 +188,45 @@ class Attention(nnx.Module):
             y = y + bias[...].astype(x.dtype)
         return constrain(y, axes)
 
-    def __call__(
-        self,
-        x: jax.Array,
-        positions: jax.Array,
-        mask: jax.Array,
-        cache: LayerCache | None = None,
-        starts: jax.Array | None = None,
-    ) -> tuple[jax.Array, LayerCache | None]:
+    def _qkv(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         cfg = self.cfg
         q = self._project(x, self.q_proj, self.q_bias, ("act_batch", "act_len", "act_heads", "act_head_dim"))
         k = self._project(x, self.k_proj, self.k_bias, ("act_batch", "act_len", "act_kv_heads", "act_head_dim"))
         v = self._project(x, self.v_proj, self.v_bias, ("act_batch", "act_len", "act_kv_heads", "act_head_dim"))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
-        if cache is not None:
-            cache = LayerCache(_write_rows(cache.k, k, starts), _write_rows(cache.v, v, starts))
-            k, v = cache.k.astype(x.dtype), cache.v.astype(x.dtype)
+        return rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta), v
 
-        t = q.shape[1]
-        if cache is None and t % CAUSAL_BLOCK == 0 and t > CAUSAL_BLOCK:
-            # A full causal pass: each block of queries attends to the keys up to its end only.
-            # The blocks above the diagonal are masked anyway; skipping them halves the work.
-            ends = range(CAUSAL_BLOCK, t + 1, CAUSAL_BLOCK)
-            out = jnp.concatenate([_attend(q[:, e - CAUSAL_BLOCK:e], k[:, :e], v[:, :e],
-                                           mask[:, e - CAUSAL_BLOCK:e, :e]) for e in ends], axis=1)
-        else:
-            out = _attend(q, k, v, mask)
+    def _out(self, out: jax.Array, dtype) -> jax.Array:
         out = constrain(out, ("act_batch", "act_len", "act_heads", "act_head_dim"))
-        y = jnp.einsum("bthd,hde->bte", out, self.o_proj[...].astype(x.dtype))
-        return constrain(y, ("act_batch", "act_len", "act_embed")), cache
+        y = jnp.einsum("bthd,hde->bte", out, self.o_proj[...].astype(dtype))
+        return constrain(y, ("act_batch", "act_len", "act_embed"))
+
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
+        """A full causal pass within segments."""
+        q, k, v = self._qkv(x, positions)
+        out = causal_attention(q, k, v, segment_ids, impl=self.cfg.attention, block=self.cfg.attention_block)
+        return self._out(out, x.dtype)
+
+    def cached(self, x: jax.Array, positions: jax.Array, cache: KVCache, layer, starts: jax.Array,
+               rows: jax.Array | None) -> tuple[jax.Array, KVCache]:
+        """Write this pass's keys and values into the cache (layer `layer`; batch row b into slot
+        rows[b], or slot b when `rows` is None) and attend to the slot's history."""
+        q, k, v = self._qkv(x, positions)
+        b, t = x.shape[:2]
+        slots = jnp.arange(b) if rows is None else rows
+        # Positions past the cache and padding rows (slot index out of range) are dropped, never
+        # clamped onto earlier entries.
+        at = (layer, jnp.broadcast_to(slots[:, None], (b, t)), positions)
+        cache = KVCache(cache.k.at[at].set(k.astype(cache.k.dtype), mode="drop"),
+                        cache.v.at[at].set(v.astype(cache.v.dtype), mode="drop"))
+        keys, values = cache.k[layer], cache.v[layer]
+        if rows is not None:
+            read = jnp.minimum(rows, keys.shape[0] - 1)
+            keys, values = keys[read], values[read]
+        mask = jnp.arange(keys.shape[1])[None, None, :] <= positions[:, :, None]  # [B, T, S]
+        out = attend(q, keys.astype(x.dtype), values.astype(x.dtype), mask)
+        return self._out(out, x.dtype), cache
 
 
 class MLP(nnx.Module):
@@ -235,11 +251,26 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd, rngs=rngs)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x, positions, mask, cache=None, starts=None):
-        attn, cache = self.self_attn(self.input_layernorm(x), positions, mask, cache, starts)
+    def __call__(self, x, positions, segment_ids):
+        x = x + self.self_attn(self.input_layernorm(x), positions, segment_ids)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+    def cached(self, x, positions, cache, layer, starts, rows):
+        attn, cache = self.self_attn.cached(self.input_layernorm(x), positions, cache, layer, starts, rows)
         x = x + attn
-        x = x + self.mlp(self.post_attention_layernorm(x))
-        return x, cache
+        return x + self.mlp(self.post_attention_layernorm(x)), cache
+
+
+def stack_layers(layers: list[nnx.Module]) -> nnx.Module:
+    """One module whose every parameter is the layers' parameters stacked on a new leading axis
+    (logical name `layers`): what `lax.scan` runs over."""
+    graphdef, _ = nnx.split(layers[0])
+    flats = [dict(nnx.to_flat_state(nnx.state(layer))) for layer in layers]
+    stacked = {}
+    for path, var in flats[0].items():
+        axes = ("layers",) + tuple(var.get_metadata()["axes"])
+        stacked[path] = type(var)(jnp.stack([f[path][...] for f in flats]), axes=axes)
+    return nnx.merge(graphdef, nnx.from_flat_state(stacked))
 
 
 class Qwen3(nnx.Module):
@@ -247,7 +278,9 @@ class Qwen3(nnx.Module):
         self.cfg = cfg
         pd = cfg.jnp_param_dtype
         self.embed = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), pd)
-        self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        layers = [DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)]
+        # Scanned or not, layer i draws the same initial values from the same seed.
+        self.layers = stack_layers(layers) if cfg.scan_layers else nnx.List(layers)
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd, rngs=rngs)
         self.lm_head = None if cfg.tie_embeddings else _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), pd)
 
@@ -255,11 +288,34 @@ class Qwen3(nnx.Module):
         x = jnp.take(self.embed[...], tokens, axis=0).astype(self.cfg.jnp_dtype)
         return constrain(x, ("act_batch", "act_len", "act_embed"))
 
+    def head(self) -> jax.Array:
+        """The output projection [embed, vocab] (the embedding's transpose when tied)."""
+        return self.embed[...].T if self.lm_head is None else self.lm_head[...]
+
     def logits(self, hidden: jax.Array) -> jax.Array:
         """fp32 logits from final hidden states [..., embed]."""
-        kernel = self.embed[...].T if self.lm_head is None else self.lm_head[...]
-        out = jnp.einsum("...e,ev->...v", hidden, kernel.astype(hidden.dtype), preferred_element_type=jnp.float32)
-        return out
+        return jnp.einsum("...e,ev->...v", hidden, self.head().astype(hidden.dtype),
+                          preferred_element_type=jnp.float32)
+
+    def _run_layers(self, step: Callable[[DecoderLayer, Any, Any], Any], carry: Any, remat: bool) -> Any:
+        """carry = step(layer, carry, i) for each layer i in order: a Python loop over the layers,
+        or `lax.scan` over their stacked parameters; each layer checkpointed by the remat policy."""
+        policy = REMAT_POLICIES[self.cfg.remat] if remat else None
+
+        def apply(graphdef, carry, state, i):
+            return step(nnx.merge(graphdef, state), carry, i)
+
+        if policy is not None:
+            apply = jax.checkpoint(apply, policy=policy, prevent_cse=not self.cfg.scan_layers, static_argnums=(0,))
+        if self.cfg.scan_layers:
+            graphdef, state = nnx.split(self.layers)
+            carry, _ = jax.lax.scan(lambda c, xs: (apply(graphdef, c, *xs), None), carry,
+                                    (state, jnp.arange(self.cfg.num_layers)))
+            return carry
+        for i, layer in enumerate(self.layers):
+            graphdef, state = nnx.split(layer)
+            carry = apply(graphdef, carry, state, i)
+        return carry
 
     def hidden_states(
         self,
@@ -273,12 +329,8 @@ class Qwen3(nnx.Module):
             positions = jnp.broadcast_to(jnp.arange(t), (b, t))
         if segment_ids is None:
             segment_ids = jnp.ones((b, t), jnp.int32)
-        causal = jnp.tril(jnp.ones((t, t), bool))[None]
-        same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] != 0)
-        mask = causal & same
         x = self.embed_tokens(tokens)
-        for layer in self.layers:
-            x, _ = layer(x, positions, mask)
+        x = self._run_layers(lambda layer, x, i: layer(x, positions, segment_ids), x, remat=True)
         return self.norm(x)
 
     def __call__(self, tokens, positions=None, segment_ids=None) -> jax.Array:
@@ -286,16 +338,17 @@ class Qwen3(nnx.Module):
         return constrain(self.logits(self.hidden_states(tokens, positions, segment_ids)), ("act_batch", "act_len", "act_vocab"))
 
     def forward_cached(
-        self, tokens: jax.Array, cache: KVCache, starts: jax.Array
+        self, tokens: jax.Array, cache: KVCache, starts: jax.Array, rows: jax.Array | None = None
     ) -> tuple[jax.Array, KVCache]:
-        """Hidden states [B, T, embed] for `tokens` written at per-row offsets `starts` [B]."""
+        """Hidden states [B, T, embed] for `tokens` written at per-row offsets `starts` [B] of cache
+        slots `rows` [B] (None: row b is slot b; an out-of-range slot is a padding row)."""
         b, t = tokens.shape
         positions = starts[:, None] + jnp.arange(t)[None, :]
-        cache_len = cache[0].k.shape[1]
-        mask = jnp.arange(cache_len)[None, None, :] <= positions[:, :, None]  # [B, T, S]
         x = self.embed_tokens(tokens)
-        new_cache = []
-        for layer, layer_cache in zip(self.layers, cache):
-            x, layer_cache = layer(x, positions, mask, layer_cache, starts)
-            new_cache.append(layer_cache)
-        return self.norm(x), tuple(new_cache)
+
+        def step(layer, carry, i):
+            x, cache = carry
+            return layer.cached(x, positions, cache, i, starts, rows)
+
+        x, cache = self._run_layers(step, (x, cache), remat=False)
+        return self.norm(x), cache

@@ -29,6 +29,7 @@ DEFAULT_RULES: dict[str, MeshAxes] = {
     "head_dim": None,
     "mlp": "tp",
     "norm": None,
+    "layers": None,  # the stacked axis of scanned layers (parameters and the KV cache)
     # Qwen-Image: AdaLN modulation outputs (6 x embed per block: a large share of the 20B weights)
     # and the out side of square embed->embed layers go over tp; small inputs stay replicated.
     "dit_mod": "tp",
@@ -53,6 +54,10 @@ DEFAULT_RULES: dict[str, MeshAxes] = {
     "act_vocab": "tp",
     "act_cache_len": None,
 }
+
+# The sampler's placement of parameters: whole on every data / fsdp shard and split over tp only,
+# so a decode step gathers no weights (the learner's FSDP sharding would gather them all per token).
+SAMPLER_RULES: dict[str, MeshAxes] = {"embed": None}
 
 _RULES: contextvars.ContextVar[Rules] = contextvars.ContextVar("gsjax_rules", default=DEFAULT_RULES)
 

@@ -82,21 +82,72 @@ class LossConfig:
     mismatch_cap: float | None = None
 
 
+def sequence_weights(n_tokens, mode: LossAgg):
+    """Weight of each masked token of each sequence (n_tokens [N]: its masked tokens) so that
+    sum(weight * per-token loss) over all tokens is the batch loss the reference's loss_agg_mode
+    gives. Weights of a batch add up over any split of it (micro-batches, processes), which is
+    how a micro-batched step gets exactly the unbatched loss. NumPy or jax arrays."""
+    xp = np if isinstance(n_tokens, np.ndarray) else jnp
+    n = n_tokens.astype(xp.float32)
+    has = (n > 0).astype(xp.float32)
+    seqs = xp.maximum(has.sum(), 1.0)
+    if mode == "token-mean":
+        return has / xp.maximum(n.sum(), 1.0)
+    if mode == "seq-mean-token-sum":
+        return has / seqs
+    if mode == "seq-mean-token-mean":
+        return has / xp.maximum(n, 1.0) / seqs
+    raise ValueError(f"unknown loss aggregation {mode!r}; expected token-mean, seq-mean-token-sum or seq-mean-token-mean")
+
+
+def token_weights(mask, mode: LossAgg):
+    """Per-token weights [B, T] of a batch whose rows are sequences (mask [B, T])."""
+    mask = mask.astype(np.float32 if isinstance(mask, np.ndarray) else jnp.float32)
+    return mask * sequence_weights(mask.sum(axis=-1), mode)[:, None]
+
+
 def aggregate(per_token: jax.Array, mask: jax.Array, mode: LossAgg) -> jax.Array:
     """Reduce a [B, T] per-token loss over masked tokens as the reference's loss_agg_mode does."""
-    mask = mask.astype(per_token.dtype)
-    masked = per_token * mask
-    if mode == "token-mean":
-        return masked.sum() / jnp.maximum(mask.sum(), 1.0)
-    tokens_per_seq = mask.sum(axis=-1)
-    has_tokens = (tokens_per_seq > 0).astype(per_token.dtype)
-    if mode == "seq-mean-token-sum":
-        per_seq = masked.sum(axis=-1)
-    elif mode == "seq-mean-token-mean":
-        per_seq = masked.sum(axis=-1) / jnp.maximum(tokens_per_seq, 1.0)
+    return (per_token * token_weights(mask, mode).astype(per_token.dtype)).sum()
+
+
+def per_token_loss(
+    logprobs: jax.Array,
+    old_logprobs: jax.Array,
+    advantages: jax.Array,
+    cfg: LossConfig,
+    *,
+    ref_logprobs: jax.Array | None = None,
+    sampler_logprobs: jax.Array | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The clipped GRPO loss of each token (advantages per token, any shape) and per-token metric
+    values (clip indicators, approximate KL, mismatch), to be reduced with token weights."""
+    adv = advantages.astype(jnp.float32)
+    log_ratio = logprobs - old_logprobs
+    ratio = jnp.exp(log_ratio)
+    unclipped = -adv * ratio
+    clipped = -adv * jnp.clip(ratio, 1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
+    per_token = jnp.maximum(unclipped, clipped)
+    values = {"clip_frac": (clipped > unclipped).astype(jnp.float32)}
+    if cfg.dual_clip is not None:
+        bound = -adv * cfg.dual_clip
+        values["dual_clip_frac"] = ((adv < 0) & (per_token > bound)).astype(jnp.float32)
+        per_token = jnp.where(adv < 0, jnp.minimum(per_token, bound), per_token)
     else:
-        raise ValueError(f"unknown loss aggregation {mode!r}; expected token-mean, seq-mean-token-sum or seq-mean-token-mean")
-    return (per_seq * has_tokens).sum() / jnp.maximum(has_tokens.sum(), 1.0)
+        values["dual_clip_frac"] = jnp.zeros_like(per_token)
+    values["approx_kl_old"] = 0.5 * log_ratio**2
+    if sampler_logprobs is not None:
+        diff = old_logprobs - sampler_logprobs
+        values["mismatch_abs"] = jnp.abs(diff)
+        if cfg.mismatch_cap is not None:
+            per_token = per_token * jax.lax.stop_gradient(jnp.minimum(jnp.exp(diff), cfg.mismatch_cap))
+    if cfg.kl_coef and ref_logprobs is not None:
+        # k3 estimator of KL(pi || ref): exp(ref - pi) - (ref - pi) - 1, always >= 0.
+        d = ref_logprobs - logprobs
+        kl = jnp.exp(d) - d - 1.0
+        per_token = per_token + cfg.kl_coef * kl
+        values["kl_ref"] = kl
+    return per_token, values
 
 
 def policy_loss(
@@ -113,38 +164,7 @@ def policy_loss(
 
     Returns (loss, metrics). Metrics (clip fractions, approximate KL, mismatch) are token means.
     """
-    adv = advantages[:, None].astype(jnp.float32)
-    log_ratio = logprobs - old_logprobs
-    ratio = jnp.exp(log_ratio)
-    unclipped = -adv * ratio
-    clipped = -adv * jnp.clip(ratio, 1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
-    per_token = jnp.maximum(unclipped, clipped)
-    clip_frac = (clipped > unclipped).astype(jnp.float32)
-    if cfg.dual_clip is not None:
-        bound = -adv * cfg.dual_clip
-        dual = (adv < 0) & (per_token > bound)
-        per_token = jnp.where(adv < 0, jnp.minimum(per_token, bound), per_token)
-        dual_frac = dual.astype(jnp.float32)
-    else:
-        dual_frac = jnp.zeros_like(per_token)
-
-    metrics: dict[str, jax.Array] = {}
-    if sampler_logprobs is not None:
-        diff = old_logprobs - sampler_logprobs
-        metrics["mismatch_abs"] = aggregate(jnp.abs(diff), mask, "token-mean")
-        if cfg.mismatch_cap is not None:
-            per_token = per_token * jax.lax.stop_gradient(jnp.minimum(jnp.exp(diff), cfg.mismatch_cap))
-    if cfg.kl_coef and ref_logprobs is not None:
-        # k3 estimator of KL(pi || ref): exp(ref - pi) - (ref - pi) - 1, always >= 0.
-        d = ref_logprobs - logprobs
-        kl = jnp.exp(d) - d - 1.0
-        per_token = per_token + cfg.kl_coef * kl
-        metrics["kl_ref"] = aggregate(kl, mask, "token-mean")
-
-    loss = aggregate(per_token, mask, cfg.agg)
-    metrics.update(
-        clip_frac=aggregate(clip_frac, mask, "token-mean"),
-        dual_clip_frac=aggregate(dual_frac, mask, "token-mean"),
-        approx_kl_old=aggregate(0.5 * log_ratio**2, mask, "token-mean"),
-    )
-    return loss, metrics
+    per_token, values = per_token_loss(logprobs, old_logprobs, jnp.broadcast_to(advantages[:, None], logprobs.shape),
+                                       cfg, ref_logprobs=ref_logprobs, sampler_logprobs=sampler_logprobs)
+    mean = token_weights(mask, "token-mean")
+    return aggregate(per_token, mask, cfg.agg), {k: (v * mean).sum() for k, v in values.items()}

@@ -3,6 +3,11 @@ held-out evaluation that uses the same rollout and reward code.
 
 The learner's current parameters go to the sampler before each rollout; rollouts are seeded per
 step, so a step redone after a resume samples exactly what it sampled the first time.
+
+With several processes, each one is given its own share of the prompts (all samples of a prompt
+on one process), rolls them out on its own devices and scores them, so each tool, generator and
+judge call happens once; the per-episode numbers are then gathered, so every process computes the
+same advantages and the same step metrics.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import numpy as np
 
 from gsjax.agent.rollout import RolloutEngine, Task, Trajectory
 from gsjax.agent.types import Termination
+from gsjax.parallel import allgather_rows
 from gsjax.rewards.compute import RewardComputer, RewardInput, ScoredEpisode
 from gsjax.rewards.types import RewardStatus
 from gsjax.rl.trainer import GRPOTrainer, Sample
@@ -35,24 +41,50 @@ def score(rewards: RewardComputer, prompts: Sequence[Prompt], trajs: Sequence[Tr
     return rewards.score_many(inputs, progress=progress, desc=f"rewards {tag}")
 
 
-def summarize(trajs: Sequence[Trajectory], scored: Sequence[ScoredEpisode]) -> dict[str, float]:
-    """Rollout and reward statistics shared by training steps and evaluations."""
-    res = [s.result for s in scored]
-    ok = [r for r in res if r.status is not RewardStatus.FAILED]
-    img = [r.image_part for r in ok if r.image_part is not None]
-    txt = [r.text_part for r in ok if r.text_part is not None]
+# One row of numbers per episode: what the step and evaluation summaries are made of.
+EPISODE_STATS = ("reward", "failed", "zero_by_rule", "image_part", "has_image", "text_part", "has_text", "answered",
+                 "tool_calls", "tool_errors", "traj_tokens", "sampled_tokens")
+
+
+def episode_stats(trajs: Sequence[Trajectory], scored: Sequence[ScoredEpisode]) -> np.ndarray:
+    """[episodes, len(EPISODE_STATS)] for this process's episodes."""
+    rows = []
+    for t, s in zip(trajs, scored):
+        r = s.result
+        rows.append([r.reward, r.status is RewardStatus.FAILED, r.status is RewardStatus.ZERO_BY_RULE,
+                     r.image_part or 0.0, r.image_part is not None, r.text_part or 0.0, r.text_part is not None,
+                     t.termination is Termination.ANSWER, t.tool_calls, t.tool_errors, len(t.tokens), sum(t.sampled)])
+    return np.asarray(rows, np.float64).reshape(len(rows), len(EPISODE_STATS))
+
+
+def summarize(stats: np.ndarray) -> dict[str, float]:
+    """Rollout and reward statistics of every episode (rows of `episode_stats`, all processes)."""
+    col = {k: stats[:, i] for i, k in enumerate(EPISODE_STATS)}
+    ok = col["failed"] == 0
+    img, txt = ok & (col["has_image"] > 0), ok & (col["has_text"] > 0)
+
+    def mean(x, where=None):
+        x = x if where is None else x[where]
+        return float(x.mean()) if len(x) else 0.0
+
     return {
-        "reward": float(np.mean([r.reward for r in ok])) if ok else 0.0,
-        "reward_strict": float(np.mean([r.reward for r in res])) if res else 0.0,  # failures as 0
-        "image_reward": float(np.mean(img)) if img else 0.0,
-        "text_reward": float(np.mean(txt)) if txt else 0.0,
-        "failed": float(len(res) - len(ok)),
-        "zero_by_rule": float(sum(r.status is RewardStatus.ZERO_BY_RULE for r in res)),
-        "answered": float(np.mean([t.termination is Termination.ANSWER for t in trajs])),
-        "tool_calls": float(np.mean([t.tool_calls for t in trajs])),
-        "tool_errors": float(np.mean([t.tool_errors for t in trajs])),
-        "traj_tokens": float(np.mean([len(t.tokens) for t in trajs])),
+        "reward": mean(col["reward"], ok),
+        "reward_strict": mean(np.where(ok, col["reward"], 0.0)),  # failures as 0
+        "image_reward": mean(col["image_part"], img),
+        "text_reward": mean(col["text_part"], txt),
+        "failed": float((~ok).sum()),
+        "zero_by_rule": float(col["zero_by_rule"].sum()),
+        "answered": mean(col["answered"]),
+        "tool_calls": mean(col["tool_calls"]),
+        "tool_errors": mean(col["tool_errors"]),
+        "traj_tokens": mean(col["traj_tokens"]),
     }
+
+
+def gathered_summary(trajs: Sequence[Trajectory], scored: Sequence[ScoredEpisode]) -> tuple[dict[str, float], np.ndarray]:
+    """The summary of every process's episodes, and their stats rows."""
+    stats, _ = allgather_rows(episode_stats(trajs, scored))
+    return summarize(stats), stats
 
 
 class GRPOLoop:
@@ -62,6 +94,7 @@ class GRPOLoop:
         self.trainer, self.engine, self.rewards, self.group_size = trainer, engine, rewards, group_size
 
     def step(self, prompts: Sequence[Prompt], seed: int, progress: bool = False) -> dict[str, float]:
+        """One step on this process's share of the step's prompts (all processes call it)."""
         expanded = [p for p in prompts for _ in range(self.group_size)]
         tasks = [Task(p.id, p.prompt, g) for p in prompts for g in range(self.group_size)]
         self.engine.sampler.update_weights(self.trainer.model)
@@ -74,17 +107,19 @@ class GRPOLoop:
                           failed=not s.result.in_group_statistics) for t, s in zip(trajs, scored)]
         metrics = self.trainer.step(samples)
         t3 = time.perf_counter()
-        sampled = sum(sum(t.sampled) for t in trajs)
-        metrics.update(summarize(trajs, scored))
+        summary, stats = gathered_summary(trajs, scored)
+        metrics.update(summary)
+        sampled = float(stats[:, EPISODE_STATS.index("sampled_tokens")].sum())
+        tokens = float(stats[:, EPISODE_STATS.index("traj_tokens")].sum())
         metrics.update(rollout_s=t1 - t0, reward_s=t2 - t1, update_s=t3 - t2,
                        sample_tokens_per_s=sampled / max(t1 - t0, 1e-9),
-                       train_tokens_per_s=sum(len(t.tokens) for t in trajs) / max(t3 - t2, 1e-9))
+                       train_tokens_per_s=tokens / max(t3 - t2, 1e-9))
         return metrics
 
 
 def evaluate(engine: RolloutEngine, rewards: RewardComputer, prompts: Sequence[Prompt], tag: str, seed: int = 0,
              progress: bool = True) -> dict[str, float]:
     """Mean held-out reward of one sample per prompt (failures left out; `reward_strict` counts
-    them as 0)."""
+    them as 0), over this process's share of the prompts and every other process's."""
     trajs = engine.run([Task(p.id, p.prompt) for p in prompts], progress=progress, seed=seed)
-    return summarize(trajs, score(rewards, prompts, trajs, tag, progress))
+    return gathered_summary(trajs, score(rewards, prompts, trajs, tag, progress))[0]

@@ -1,11 +1,16 @@
-"""The GRPO learner: trajectories + rewards -> packed arrays -> one jitted clipped-policy update.
+"""The GRPO learner: trajectories + rewards -> packed rows -> one jitted clipped-policy update.
 
-The learner sees only arrays ([batch, length] tokens, loss mask, sampler log-probabilities, and
-one advantage per sequence); shapes are bucketed by length so steps do not recompile. As in the
-reference's setting (one PPO epoch, the whole step's batch as one mini-batch), the old policy is
-the current one: `old = stop_gradient(logp)` gives ratio 1 in value and the policy gradient in
-derivative, without a second forward pass. The sampler/trainer log-probability mismatch is
-measured on every step (and can be corrected with a truncated importance weight).
+The learner sees only arrays: each trajectory's tokens, loss mask, sampler log-probabilities and
+advantage (per token), and the weight of each token in the batch loss, packed into rows of
+`row_len` (`gsjax.data.packing`; several trajectories per row, segment ids keep them apart) and
+split into micro-batches of a token budget by `TrainState`. As in the reference's setting (one PPO
+epoch, the whole step's batch as one mini-batch), the old policy is the current one:
+`old = stop_gradient(logp)` gives ratio 1 in value and the policy gradient in derivative, without
+a second forward pass. The sampler/trainer log-probability mismatch is measured on every step (and
+can be corrected with a truncated importance weight).
+
+Advantages and the loss weights need the whole step's rewards and token counts: with several
+processes, each packs its own trajectories and these few numbers are gathered first.
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 
+from gsjax.data.packing import pack
 from gsjax.models.losses import token_logprobs
 from gsjax.models.qwen3 import Qwen3
-from gsjax.rl.grpo import LossConfig, degenerate_groups, group_advantages, policy_loss
+from gsjax.parallel import allgather_rows, allgather_strings
+from gsjax.rl.grpo import LossConfig, degenerate_groups, group_advantages, per_token_loss, sequence_weights
 from gsjax.train_state import TrainState
 
 
@@ -35,7 +43,9 @@ class GRPOConfig:
     normalize_std: bool = True  # False = Dr.GRPO
     drop_degenerate_groups: bool = False
     loss: LossConfig = LossConfig()
-    length_buckets: tuple[int, ...] = (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+    row_len: int = 1024  # packed row length: at least the longest conversation (the cache length)
+    micro_batch_tokens: int = 0  # per device and micro-batch (the reference: 37,000); 0 = one micro-batch
+    vocab_chunk: int = 0  # log-probabilities in vocabulary chunks of this size (0 = all at once)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,65 +61,88 @@ class Sample:
     failed: bool = False  # an infrastructure failure: out of the group statistics and the loss
 
 
+ROW_FIELDS = {"tokens": np.int32, "loss_mask": np.float32, "sampler_logprobs": np.float32,
+              "sampled_mask": np.float32, "advantages": np.float32, "loss_weights": np.float32,
+              "mean_weights": np.float32}
+
+
 @dataclasses.dataclass(frozen=True)
-class LearnerBatch:
-    tokens: np.ndarray  # [B, L] int32
-    loss_mask: np.ndarray  # [B, L] float32
-    sampler_logprobs: np.ndarray  # [B, L] float32
-    sampled_mask: np.ndarray  # [B, L] float32
-    advantages: np.ndarray  # [B] float32
+class StepStatistics:
+    """What each of this process's samples needs from the whole step (all processes)."""
+
+    advantages: np.ndarray  # [n] one per sample
+    loss_weights: np.ndarray  # [n] weight of each of a sample's loss tokens in the batch loss
+    mean_weights: np.ndarray  # [n] the same for token means (metrics)
+    advantage_abs_mean: float  # over the whole step
 
 
-def make_batch(samples: Sequence[Sample], cfg: GRPOConfig) -> LearnerBatch:
-    rewards = np.array([s.reward for s in samples], np.float64)
-    ids: dict[int | str, int] = {}
-    groups = np.array([ids.setdefault(s.group, len(ids)) for s in samples])
-    valid = np.array([not s.failed for s in samples])
-    adv = group_advantages(rewards, groups, valid, normalize_std=cfg.normalize_std)
+def step_statistics(samples: Sequence[Sample], cfg: GRPOConfig) -> StepStatistics:
+    """Advantages and loss weights from the whole step's rewards, groups and token counts,
+    gathered over processes (a sample's group is its prompt id, the same on every process)."""
+    groups = [str(s.group) for s in samples]
+    local = np.array([[s.reward, not s.failed, 0.0 if s.failed else float(np.sum(s.loss_mask))] for s in samples],
+                     np.float64).reshape(len(samples), 3)
+    rows, offset = allgather_rows(local)
+    all_groups = allgather_strings(groups)
+    ids = {g: i for i, g in enumerate(dict.fromkeys(all_groups))}
+    rewards, valid, n_tokens = rows[:, 0], rows[:, 1] > 0, rows[:, 2]
+    group_ids = np.array([ids[g] for g in all_groups])
+    adv = group_advantages(rewards, group_ids, valid, normalize_std=cfg.normalize_std)
     if cfg.drop_degenerate_groups:
-        adv = np.where(degenerate_groups(rewards, groups, valid), 0.0, adv).astype(np.float32)
-    longest = max(len(s.tokens) for s in samples)
-    length = next((b for b in cfg.length_buckets if b >= longest), None)
-    if length is None:
-        raise ValueError(f"a trajectory of {longest} tokens is longer than the largest bucket {cfg.length_buckets[-1]}")
-    shape = (len(samples), length)
-    tokens, mask = np.zeros(shape, np.int32), np.zeros(shape, np.float32)
-    slp, smask = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
-    for i, s in enumerate(samples):
+        adv = np.where(degenerate_groups(rewards, group_ids, valid), 0.0, adv)
+    mine = slice(offset, offset + len(samples))
+    return StepStatistics(adv[mine].astype(np.float32), sequence_weights(n_tokens, cfg.loss.agg)[mine],
+                          sequence_weights(n_tokens, "token-mean")[mine],
+                          float(np.abs(adv).mean()) if len(adv) else 0.0)
+
+
+def make_rows(samples: Sequence[Sample], stats: StepStatistics, cfg: GRPOConfig) -> dict[str, np.ndarray]:
+    """This process's samples as packed rows [R, row_len] of ROW_FIELDS, segment ids and positions."""
+    longest = max((len(s.tokens) for s in samples), default=0)
+    if longest > cfg.row_len:
+        raise ValueError(f"a trajectory of {longest} tokens is longer than the learner's rows (row_len={cfg.row_len}); "
+                         "row_len must be at least the sampler's cache length")
+    seqs = []
+    for s, a, w, m in zip(samples, stats.advantages, stats.loss_weights, stats.mean_weights):
         n = len(s.tokens)
-        tokens[i, :n] = s.tokens
-        mask[i, :n] = 0.0 if s.failed else np.asarray(s.loss_mask, np.float32)
-        slp[i, :n] = s.sampler_logprobs
-        smask[i, :n] = s.sampled
-    return LearnerBatch(tokens, mask, slp, smask, adv.astype(np.float32))
+        mask = np.zeros(n, np.float32) if s.failed else np.asarray(s.loss_mask, np.float32)
+        seqs.append({"tokens": s.tokens, "loss_mask": mask, "sampler_logprobs": s.sampler_logprobs,
+                     "sampled_mask": s.sampled, "advantages": np.full(n, a), "loss_weights": mask * w,
+                     "mean_weights": mask * m})
+    return pack(seqs, cfg.row_len, ROW_FIELDS, min_rows=1)
 
 
 class GRPOTrainer(TrainState):
-    def __init__(self, model: Qwen3, cfg: GRPOConfig):
+    def __init__(self, model: Qwen3, cfg: GRPOConfig, mesh: Mesh | None = None):
         tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm),
                          optax.adamw(cfg.lr, b1=0.9, b2=0.999, weight_decay=cfg.weight_decay))
-        super().__init__(model, tx, partial(_grpo_loss, cfg=cfg))
+        super().__init__(model, tx, partial(_grpo_loss, graphdef=nnx.graphdef(model), cfg=cfg), mesh=mesh,
+                         micro_batch_tokens=cfg.micro_batch_tokens)
         self.cfg = cfg
-        self.ref_params = None
-        if cfg.loss.kl_coef:  # a frozen copy of the starting policy, for the KL term
-            self.ref_params = jax.tree.map(jnp.copy, self.params)
-            self._ref_logprobs = jax.jit(
-                lambda p, tokens: token_logprobs(nnx.merge(self.graphdef, p), tokens, temperature=cfg.temperature))
+        # A frozen copy of the starting policy for the KL term, placed like the parameters.
+        self.ref_params = jax.tree.map(jnp.copy, self.params) if cfg.loss.kl_coef else None
 
     def step(self, samples: Sequence[Sample]) -> dict[str, float]:
-        batch = dataclasses.asdict(make_batch(samples, self.cfg))
-        if self.ref_params is not None:
-            batch["ref_logprobs"] = self._ref_logprobs(self.ref_params, jnp.asarray(batch["tokens"]))
-        metrics = self.update(batch)
-        metrics["advantage_abs_mean"] = float(np.abs(batch["advantages"]).mean())
-        metrics["batch_len"] = float(batch["tokens"].shape[1])  # the length bucket
+        """One update on this process's samples (every process calls it with its own)."""
+        stats = step_statistics(samples, self.cfg)
+        rows = make_rows(samples, stats, self.cfg)
+        metrics = self.update(rows, self.ref_params)
+        metrics["advantage_abs_mean"] = stats.advantage_abs_mean
+        metrics["packed_rows"] = float(len(rows["tokens"]))
         return metrics
 
 
-def _grpo_loss(model: Qwen3, batch, cfg: GRPOConfig):
-    logp = token_logprobs(model, batch["tokens"], temperature=cfg.temperature)
+def _grpo_loss(model: Qwen3, batch, ref_params, *, graphdef, cfg: GRPOConfig):
+    def logprobs(m):
+        return token_logprobs(m, batch["tokens"], positions=batch["positions"], segment_ids=batch["segment_ids"],
+                              temperature=cfg.temperature, vocab_chunk=cfg.vocab_chunk)
+
+    logp = logprobs(model)
     old = jax.lax.stop_gradient(logp)
     # The mismatch is measured where the sampler drew the token; elsewhere it is 0.
     sampler = jnp.where(batch["sampled_mask"] > 0, batch["sampler_logprobs"], old)
-    return policy_loss(logp, old, batch["advantages"], batch["loss_mask"], cfg.loss, sampler_logprobs=sampler,
-                       ref_logprobs=batch.get("ref_logprobs"))
+    ref = None if ref_params is None else jax.lax.stop_gradient(logprobs(nnx.merge(graphdef, ref_params)))
+    per_token, values = per_token_loss(logp, old, batch["advantages"], cfg.loss, sampler_logprobs=sampler,
+                                       ref_logprobs=ref)
+    loss = (per_token * batch["loss_weights"]).sum()
+    return loss, {k: (v * batch["mean_weights"]).sum() for k, v in values.items()}

@@ -14,6 +14,13 @@ only has to write keys and values and never computes logits.
 
 Shapes are bucketed: prefill compiles once per (rows bucket, length bucket) and decode once, so the
 number of compilations stays fixed after warm-up (`compile_counts` counts traces).
+
+On a mesh (`mesh=`), the slots and the cache are sharded over `data` x `fsdp` and the KV heads over
+`tp`; the weights are placed by `SAMPLER_RULES` (sharded over `tp` only, whole on each data
+shard, so a decode step gathers no weights), and both programs have explicit shardings
+(`SamplerPrograms`, which the planner compiles ahead of time with abstract inputs). Host
+inputs (lengths, tokens, seeds) are small and replicated. With several processes, each one
+samples on its own devices (`gsjax.parallel.process_mesh`): rollouts do not wait for each other.
 """
 
 from __future__ import annotations
@@ -28,8 +35,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from gsjax.models.qwen3 import KVCache, LayerCache, Qwen3, init_cache
+from gsjax.models.qwen3 import CACHE_AXES, KVCache, Qwen3, cache_shape, init_cache
+from gsjax.parallel import SAMPLER_RULES, localize, logical_to_spec, state_shardings, use_rules
 from gsjax.sampling.logits import SamplingParams, sample, token_logprob
 
 
@@ -110,24 +119,26 @@ class Sampler:
         self._stop_string_candidates = self._candidate_ids() if stop_strings else None
         self.compile_counts: collections.Counter[str] = collections.Counter()
 
-        self.mesh = mesh  # slots and the cache are sharded over it by their logical axes
-        self._graphdef, self._weights = nnx.split(model)
-        with self._on_mesh():
-            self._cache: KVCache = jax.jit(init_cache, static_argnums=(0, 1, 2))(self.cfg, num_slots, cache_len)
+        self.mesh = mesh if mesh is not None else Mesh(np.asarray(jax.local_devices()[:1]).reshape(1, 1, 1),
+                                                       ("data", "fsdp", "tp"))
+        graphdef, state = nnx.split(model)
+        self.programs = SamplerPrograms(graphdef, state, self.mesh, params=params, stop_token_ids=self.stop_token_ids,
+                                        num_slots=num_slots, cache_len=cache_len, chunk=chunk,
+                                        counts=self.compile_counts)
+        self._weights = self.programs.place_weights(state)
+        self._cache: KVCache = self.programs.init_cache()
         self._key = jax.random.key(seed)
         self._seeds = np.random.default_rng(seed)  # conversation seeds when start() is given none
         self._slots = [_Slot() for _ in range(num_slots)]
-        self._prefill_fn = jax.jit(self._prefill_impl, donate_argnums=(1,))
-        self._decode_fn = jax.jit(self._decode_impl, donate_argnums=(1,))
+        self._prefill_fn = self.programs.prefill
+        self._decode_fn = self.programs.decode
 
     # ------------------------------------------------------------------ public API
 
-    def _on_mesh(self):
-        return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
-
     def update_weights(self, model: Qwen3) -> None:
-        """Sample from `model`'s current parameters from now on (after a training step)."""
-        self._graphdef, self._weights = nnx.split(model)
+        """Sample from `model`'s current parameters from now on (after a training step): a copy
+        placed for sampling (every process takes part when the model spans several)."""
+        self._weights = self.programs.place_weights(nnx.state(model))
 
     def start(self, slot: int, ids: Sequence[int], max_new_tokens: int, seed: int | None = None,
               forced: Sequence[int] = ()) -> None:
@@ -238,8 +249,7 @@ class Sampler:
                 tokens[j, : len(pieces[r])] = pieces[r]
                 starts[j] = self._slots[r].length
                 row_ids[j] = r
-            with self._on_mesh():
-                self._cache = self._prefill_fn(self._weights, self._cache, row_ids, tokens, starts)
+            self._cache = self._prefill_fn(self._weights, self._cache, row_ids, tokens, starts)
             for r in rows:
                 self._slots[r].length += len(pieces[r])
                 rest = writes[r][longest:]
@@ -248,17 +258,6 @@ class Sampler:
                 else:
                     del writes[r]
         return finished
-
-    def _prefill_impl(self, weights, cache: KVCache, row_ids, tokens, starts) -> KVCache:
-        self.compile_counts[f"prefill[{tokens.shape[0]}x{tokens.shape[1]}]"] += 1
-        model = nnx.merge(self._graphdef, weights)
-        gather_ids = jnp.where(row_ids < self.num_slots, row_ids, 0)
-        rows = tuple(LayerCache(c.k[gather_ids], c.v[gather_ids]) for c in cache)
-        _, rows = model.forward_cached(tokens, rows, starts)
-        return tuple(
-            LayerCache(c.k.at[row_ids].set(r.k, mode="drop"), c.v.at[row_ids].set(r.v, mode="drop"))
-            for c, r in zip(cache, rows)
-        )
 
     # ------------------------------------------------------------------ decode
 
@@ -278,9 +277,8 @@ class Sampler:
             if s.running and s.forced:
                 head = s.forced[: self.chunk]
                 forced[: len(head), i] = head
-        with self._on_mesh():
-            self._cache, out = self._decode_fn(self._weights, self._cache, lengths, pending, running, room, seeds,
-                                               forced, self._key)
+        self._cache, out = self._decode_fn(self._weights, self._cache, lengths, pending, running, room, seeds,
+                                           forced, self._key)
         tokens, logprobs, emitted, stopped, new_lengths = jax.device_get(out)
 
         finished: list[Turn] = []
@@ -309,34 +307,6 @@ class Sampler:
                 finished.append(turn)
         return finished
 
-    def _decode_impl(self, weights, cache, lengths, pending, running, room, seeds, forced, key):
-        self.compile_counts["decode"] += 1
-        model = nnx.merge(self._graphdef, weights)
-        stop_ids = jnp.asarray(self.stop_token_ids or (-1,), jnp.int32)
-
-        slot_keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(seeds)
-
-        def body(carry, force):
-            cache, lengths, pending, running, room = carry
-            hidden, cache = model.forward_cached(pending[:, None], cache, lengths)
-            row_keys = jax.vmap(jax.random.fold_in)(slot_keys, lengths)  # the position being sampled
-            logits = model.logits(hidden[:, 0])
-            tok, lp = sample(logits, row_keys, self.params)
-            tok = jnp.where(force >= 0, force, tok)
-            lp = jnp.where(force >= 0, token_logprob(logits, jnp.maximum(force, 0), self.params), lp)
-            emit = running
-            lengths = lengths + emit
-            pending = jnp.where(emit, tok, pending)
-            room = room - emit
-            hit_stop = emit & jnp.isin(tok, stop_ids)
-            running = running & ~hit_stop & (room > 0)
-            return (cache, lengths, pending, running, room), (tok, lp, emit, hit_stop)
-
-        (cache, lengths, _, _, _), (tok, lp, emit, hit) = jax.lax.scan(
-            body, (cache, lengths, pending, running, room), forced
-        )
-        return cache, (tok, lp, emit, hit.any(axis=0), lengths)
-
     # ------------------------------------------------------------------ stop strings
 
     def _candidate_ids(self) -> np.ndarray:
@@ -364,3 +334,131 @@ class Sampler:
         return Turn(slot, s.out_tokens, s.out_logprobs, FinishReason.STOP_STRING, stop)
 
 
+
+
+class SamplerPrograms:
+    """The sampler's two jitted programs for one model, mesh and slot layout, with explicit
+    shardings:
+
+    - `prefill(weights, cache, row_ids [R], tokens [R, T], starts [R]) -> cache` writes queued
+      tokens of R rows (slot ids; `num_slots` marks a padding row) into their slots;
+    - `decode(weights, cache, lengths, pending, running, room, seeds [N], forced [chunk, N], key)
+      -> (cache, (tokens, logprobs, emitted, stopped, lengths))` feeds each slot's pending token and
+      draws `chunk` more in one `lax.scan`.
+
+    The cache is donated to both. `abstract_*` give the inputs as ShapeDtypeStructs with their
+    shardings, for ahead-of-time compilation (`gsjax.plan`).
+    """
+
+    def __init__(self, graphdef, state, mesh: Mesh, *, params: SamplingParams, stop_token_ids: Sequence[int],
+                 num_slots: int, cache_len: int, chunk: int, counts: collections.Counter | None = None):
+        self.graphdef, self.mesh, self.cfg = graphdef, mesh, nnx.merge(graphdef, state).cfg
+        self.params, self.stop_token_ids = params, tuple(stop_token_ids) or (-1,)
+        self.num_slots, self.cache_len, self.chunk = num_slots, cache_len, chunk
+        self.counts = collections.Counter() if counts is None else counts
+        batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+        if num_slots % batch_shards:
+            raise ValueError(f"num_slots={num_slots} does not divide over the mesh's data x fsdp = {batch_shards} "
+                             "devices: the KV cache would be replicated on each; use a multiple of it")
+        with use_rules(SAMPLER_RULES):
+            self.weight_shardings = state_shardings(state, mesh)
+            spec = logical_to_spec(CACHE_AXES, cache_shape(self.cfg, num_slots, cache_len), dict(mesh.shape))
+        self.cache_sharding = KVCache(NamedSharding(mesh, spec), NamedSharding(mesh, spec))
+        rep = NamedSharding(mesh, PartitionSpec())
+        self._rep = rep
+        self.jitted_prefill = jax.jit(self._prefill, donate_argnums=(1,),
+                                      in_shardings=(self.weight_shardings, self.cache_sharding, rep, rep, rep),
+                                      out_shardings=self.cache_sharding)
+        self.jitted_decode = jax.jit(self._decode, donate_argnums=(1,),
+                                     in_shardings=(self.weight_shardings, self.cache_sharding) + (rep,) * 7,
+                                     out_shardings=(self.cache_sharding, rep))
+
+    @contextlib.contextmanager
+    def context(self):
+        """The mesh and rules the programs are traced (and lowered) under."""
+        with use_rules(SAMPLER_RULES), jax.set_mesh(self.mesh):
+            yield
+
+    def prefill(self, *args):
+        with self.context():
+            return self.jitted_prefill(*args)
+
+    def decode(self, *args):
+        with self.context():
+            return self.jitted_decode(*args)
+
+    def place_weights(self, state) -> nnx.State:
+        """`state` (the learner's parameters, on any mesh of this run) copied into the sampler's
+        placement: resharded on device, then, with several processes, taken from this process's
+        devices."""
+        if all(x.is_fully_addressable for x in jax.tree.leaves(state)):
+            return jax.device_put(state, self.weight_shardings)
+        # A global array: first the sampler's placement over the whole mesh (replicated across
+        # processes, as SAMPLER_RULES shard over tp only), then each process's shards of it.
+        global_mesh = _mesh_of(state)
+        on_global = jax.tree.map(lambda s: NamedSharding(global_mesh, s.spec), self.weight_shardings)
+        moved = jax.jit(lambda x: x, out_shardings=on_global)(state)
+        return jax.tree.map(localize, moved, self.weight_shardings)
+
+    def init_cache(self) -> KVCache:
+        fn = jax.jit(lambda: init_cache(self.cfg, self.num_slots, self.cache_len), out_shardings=self.cache_sharding)
+        with self.context():
+            return fn()
+
+    def _prefill(self, weights, cache: KVCache, row_ids, tokens, starts) -> KVCache:
+        self.counts[f"prefill[{tokens.shape[0]}x{tokens.shape[1]}]"] += 1
+        model = nnx.merge(self.graphdef, weights)
+        _, cache = model.forward_cached(tokens, cache, starts, rows=row_ids)
+        return cache
+
+    def _decode(self, weights, cache, lengths, pending, running, room, seeds, forced, key):
+        self.counts["decode"] += 1
+        model = nnx.merge(self.graphdef, weights)
+        stop_ids = jnp.asarray(self.stop_token_ids, jnp.int32)
+        slot_keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(seeds)
+
+        def body(carry, force):
+            cache, lengths, pending, running, room = carry
+            hidden, cache = model.forward_cached(pending[:, None], cache, lengths)
+            row_keys = jax.vmap(jax.random.fold_in)(slot_keys, lengths)  # the position being sampled
+            logits = model.logits(hidden[:, 0])
+            tok, lp = sample(logits, row_keys, self.params)
+            tok = jnp.where(force >= 0, force, tok)
+            lp = jnp.where(force >= 0, token_logprob(logits, jnp.maximum(force, 0), self.params), lp)
+            emit = running
+            lengths = lengths + emit
+            pending = jnp.where(emit, tok, pending)
+            room = room - emit
+            hit_stop = emit & jnp.isin(tok, stop_ids)
+            running = running & ~hit_stop & (room > 0)
+            return (cache, lengths, pending, running, room), (tok, lp, emit, hit_stop)
+
+        (cache, lengths, _, _, _), (tok, lp, emit, hit) = jax.lax.scan(
+            body, (cache, lengths, pending, running, room), forced
+        )
+        return cache, (tok, lp, emit, hit.any(axis=0), lengths)
+
+    # ------------------------------------------------------------------ ahead of time
+
+    def abstract_cache(self) -> KVCache:
+        shape = cache_shape(self.cfg, self.num_slots, self.cache_len)
+        return KVCache(*(jax.ShapeDtypeStruct(shape, self.cfg.jnp_dtype, sharding=s) for s in self.cache_sharding))
+
+    def abstract_prefill_inputs(self, rows: int, length: int) -> tuple:
+        i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=self._rep)  # noqa: E731
+        return (self.abstract_cache(), i32(rows), i32(rows, length), i32(rows))
+
+    def abstract_decode_inputs(self) -> tuple:
+        n = self.num_slots
+        i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=self._rep)  # noqa: E731
+        key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=self._rep)
+        return (self.abstract_cache(), i32(n), i32(n), jax.ShapeDtypeStruct((n,), jnp.bool_, sharding=self._rep),
+                i32(n), i32(n), i32(self.chunk, n), key)
+
+
+def _mesh_of(state) -> Mesh:
+    """The mesh a multi-process state's arrays live on (a run's one mesh)."""
+    for x in jax.tree.leaves(state):
+        if isinstance(x.sharding, NamedSharding):
+            return x.sharding.mesh
+    raise ValueError("parameters spread over several processes must be placed on a mesh (NamedSharding)")

@@ -2,9 +2,9 @@
 
 Each example is rendered with the chat template (loss on assistant turns and their `<|im_end|>\\n`
 only, an empty think block added where a turn has none, as the reference's LLaMA-Factory template
-does), then examples are packed greedily into rows of one fixed length: tokens, loss mask, segment
-ids (0 = padding; attention stays within a segment) and positions restarting at 0 per segment. One
-row shape means one compilation.
+does), then examples are packed greedily into rows of one fixed length (`gsjax.data.packing`):
+tokens, loss mask, segment ids (0 = padding; attention stays within a segment) and positions
+restarting at 0 per segment. One row shape means one compilation.
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from gsjax.data.formats import SFTExample
+from gsjax.data.packing import pack as pack_rows
 from gsjax.tokenizer import Tokenizer
+
+ROW_FIELDS = {"tokens": np.int32, "loss_mask": np.float32}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,35 +41,17 @@ class PackedBatch:
     segment_ids: np.ndarray  # [B, L] int32, 0 = padding
     positions: np.ndarray  # [B, L] int32
 
+    def rows(self, sl: slice = slice(None)) -> dict[str, np.ndarray]:
+        return {k: v[sl] for k, v in dataclasses.asdict(self).items()}
+
 
 def pack(examples: Sequence[Encoded], row_len: int) -> PackedBatch:
     """Greedy first-fit packing of examples (in order) into rows of `row_len`."""
-    rows: list[list[Encoded]] = []
-    room: list[int] = []
     for ex in examples:
         if len(ex.ids) > row_len:
             raise ValueError(f"an example of {len(ex.ids)} tokens does not fit a row of {row_len}; encode with max_len <= row_len")
-        for r, free in enumerate(room):
-            if len(ex.ids) <= free:
-                rows[r].append(ex)
-                room[r] -= len(ex.ids)
-                break
-        else:
-            rows.append([ex])
-            room.append(row_len - len(ex.ids))
-    shape = (len(rows), row_len)
-    tokens, seg, pos = np.zeros(shape, np.int32), np.zeros(shape, np.int32), np.zeros(shape, np.int32)
-    mask = np.zeros(shape, np.float32)
-    for r, row in enumerate(rows):
-        at = 0
-        for s, ex in enumerate(row, 1):
-            n = len(ex.ids)
-            tokens[r, at:at + n] = ex.ids
-            mask[r, at:at + n] = ex.mask
-            seg[r, at:at + n] = s
-            pos[r, at:at + n] = np.arange(n)
-            at += n
-    return PackedBatch(tokens, mask, seg, pos)
+    rows = pack_rows([{"tokens": ex.ids, "loss_mask": ex.mask} for ex in examples], row_len, ROW_FIELDS)
+    return PackedBatch(**rows)
 
 
 def batches(encoded: Sequence[Encoded], row_len: int, rows_per_batch: int, seed: int) -> Iterator[PackedBatch]:

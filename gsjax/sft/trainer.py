@@ -1,5 +1,10 @@
 """The SFT step and loop: masked next-token loss on packed rows, AdamW with a cosine schedule and
-warmup, gradient clipping, one jitted step for every batch (one row shape)."""
+warmup, gradient clipping, one jitted step for every batch (one row shape), micro-batched by a
+token budget per device like the GRPO learner.
+
+With several processes, every process reads the same batch and trains on its share of the rows
+(a contiguous block); the loss is the token mean over the whole batch either way.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,12 @@ import dataclasses
 from collections.abc import Iterator
 
 import jax
+import numpy as np
 import optax
+from jax.sharding import Mesh
 from tqdm import tqdm
 
-from gsjax.models.losses import masked_mean_nll, token_logprobs
+from gsjax.models.losses import token_logprobs
 from gsjax.models.qwen3 import Qwen3
 from gsjax.sft.data import PackedBatch
 from gsjax.train_state import TrainState
@@ -23,6 +30,8 @@ class SFTConfig:
     warmup_frac: float = 0.02
     weight_decay: float = 1e-6
     clip_norm: float = 1.0
+    micro_batch_tokens: int = 0  # per device and micro-batch; 0 = one micro-batch
+    vocab_chunk: int = 0  # log-probabilities in vocabulary chunks of this size (0 = all at once)
 
 
 def optimizer(cfg: SFTConfig) -> optax.GradientTransformation:
@@ -31,23 +40,35 @@ def optimizer(cfg: SFTConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), optax.adamw(schedule, weight_decay=cfg.weight_decay))
 
 
-def sft_loss(model: Qwen3, batch: dict[str, jax.Array]) -> jax.Array:
-    logp = token_logprobs(model, batch["tokens"], positions=batch["positions"], segment_ids=batch["segment_ids"])
-    return masked_mean_nll(logp, batch["loss_mask"])
+def sft_loss(model: Qwen3, batch, aux=None, *, vocab_chunk: int = 0) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Negative log-likelihood of the loss tokens, each weighted by `mean_weights` (1 / the batch's
+    loss tokens: a token mean that adds up over micro-batches)."""
+    logp = token_logprobs(model, batch["tokens"], positions=batch["positions"], segment_ids=batch["segment_ids"],
+                          vocab_chunk=vocab_chunk)
+    return -(logp * batch["mean_weights"]).sum(), {}
 
 
-def _loss_and_metrics(model: Qwen3, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
-    return sft_loss(model, batch), {}
+def process_share(batch: PackedBatch) -> dict[str, np.ndarray]:
+    """This process's block of a batch's rows, with the token-mean weights of the whole batch."""
+    rows = batch.rows()
+    total = float(rows["loss_mask"].sum())
+    n, p = len(batch.tokens), jax.process_count()
+    if n % p:
+        raise ValueError(f"sft.rows_per_batch={n} does not divide over {p} processes")
+    share = {k: v[jax.process_index() * (n // p):(jax.process_index() + 1) * (n // p)] for k, v in rows.items()}
+    share["mean_weights"] = share["loss_mask"] / max(total, 1.0)
+    return share
 
 
 class SFTTrainer(TrainState):
-    def __init__(self, model: Qwen3, cfg: SFTConfig):
-        super().__init__(model, optimizer(cfg), _loss_and_metrics)
+    def __init__(self, model: Qwen3, cfg: SFTConfig, mesh: Mesh | None = None):
+        loss = lambda m, b, aux: sft_loss(m, b, vocab_chunk=cfg.vocab_chunk)  # noqa: E731
+        super().__init__(model, optimizer(cfg), loss, mesh=mesh, micro_batch_tokens=cfg.micro_batch_tokens)
         self.cfg = cfg
         self.step_count = 0
 
     def train_step(self, batch: PackedBatch) -> float:
-        loss = self.update(dataclasses.asdict(batch))["loss"]
+        loss = self.update(process_share(batch))["loss"]
         self.step_count += 1
         return loss
 
