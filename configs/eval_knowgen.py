@@ -16,6 +16,7 @@
 
 import ml_collections
 
+from gsjax.agent.tools.toolbox import tools_config
 from gsjax.rewards.backends import reward_config
 
 
@@ -46,6 +47,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.agent.image_max_side = 1024  # openai: images sent as JPEG data URLs at most this large
     c.agent.num_slots = 32  # policy: items decoded at once
     c.agent.cache_len = 1024  # policy: KV cache length per slot
+    # policy: the device mesh (slots over data x fsdp, heads over tp; num_slots must divide over data x fsdp)
+    c.agent.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tp=1))
     c.agent.seed = 12345  # policy: rollouts seeded per item
     c.agent.today = "2026-01-01"  # the date in the system prompt ("" = today)
     # Episode limits of the expert and openai agents (a policy uses its own agent.json).
@@ -55,8 +58,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.agent.expert = ml_collections.ConfigDict(dict(top_k=1, image_top_k=1))
 
     # As in configs/grpo.py, so a trained policy sees the tool outputs it was trained on.
-    c.tools = ml_collections.ConfigDict(dict(
-        backend="local", world_dir="", image_dir="", extractive_sentences=2, max_images=5, workers=32))
+    c.tools = tools_config(backend="local", extractive_sentences=2, max_images=5, workers=32)
 
     c.reward = reward_config()  # generator and judge backends (world | http | jax; world | openai)
 

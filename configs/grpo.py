@@ -15,6 +15,7 @@
 
 import ml_collections
 
+from gsjax.agent.tools.toolbox import tools_config
 from gsjax.rewards.backends import reward_config
 
 
@@ -53,8 +54,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         max_rounds=9, max_tokens_per_turn=192, max_conversation_tokens=1024, images_per_response=5,
         max_pixels=160000, max_answer_refs=4, prompt="compact"))
 
-    c.tools = ml_collections.ConfigDict(dict(
-        backend="local", world_dir="", image_dir="", extractive_sentences=2, max_images=5, workers=32))
+    c.tools = tools_config(backend="local", extractive_sentences=2, max_images=5, workers=32)
 
     c.sft = ml_collections.ConfigDict(dict(
         steps=1000, lr=3e-3, warmup_frac=0.05, weight_decay=1e-6, clip_norm=1.0, row_len=1024, rows_per_batch=2,

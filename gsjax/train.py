@@ -29,8 +29,10 @@ import dataclasses
 import datetime
 import json
 import logging
+import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import grain
@@ -327,7 +329,17 @@ def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
     for noisy in ("bm25s", "absl", "orbax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    run(config_lib.cli(argv, "configs/grpo.py"))
+    cfg = config_lib.cli(argv, "configs/grpo.py")
+    try:
+        run(cfg)
+    except BaseException:
+        if jax.process_count() > 1:
+            # Exit at once: the others are stopped by the launcher, and jax's shutdown barrier
+            # would otherwise hold this process for minutes waiting for them.
+            traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(1)
+        raise
 
 
 if __name__ == "__main__":

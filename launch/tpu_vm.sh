@@ -5,7 +5,8 @@
 # needs the repository at ~/gsjax (GSJAX_REMOTE_DIR) and Python 3.11 (GSJAX_PYTHON, default
 # python3.11). There it creates .venv if missing, installs the package with the tpu extra
 # (`pip install -e ".[tpu]"`: libtpu; again only when pyproject.toml changed), then runs CMD with
-# .venv/bin first on PATH. On a slice, JAX forms one system from all workers' chips itself.
+# .venv/bin first on PATH and GSJAX_DISTRIBUTED=auto, so gsjax.parallel.initialize_distributed calls
+# jax.distributed.initialize(), which finds the slice's workers from the TPU VM metadata.
 #
 # --dry-run prints the gcloud command line and the command every worker runs, and calls nothing.
 # GSJAX_GCLOUD_FLAGS: extra gcloud flags, split on spaces (e.g. "--project=P --internal-ip").
@@ -29,7 +30,7 @@ dry_run=0
 while [[ $# -gt 0 ]]; do
   case $1 in
     --dry-run) dry_run=1; shift ;;
-    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --) break ;;
     -*) printf '%s: unknown option %s\n' "$me" "$1" >&2; usage ;;
     *) break ;;
@@ -52,7 +53,7 @@ stamp=.venv/.installed-tpu-vm
 worker="cd $remote_cd"
 worker+=" && { test -x .venv/bin/python || $py -m venv .venv; }"
 worker+=" && { test $stamp -nt pyproject.toml || { .venv/bin/python -m pip install --quiet -e '.[tpu]' && touch $stamp; }; }"
-worker+=" && exec env PATH=\"\$PWD/.venv/bin:\$PATH\" PYTHONUNBUFFERED=1 $(qwords "$@")"
+worker+=" && exec env PATH=\"\$PWD/.venv/bin:\$PATH\" PYTHONUNBUFFERED=1 GSJAX_DISTRIBUTED=auto $(qwords "$@")"
 
 read -r -a extra_flags <<< "${GSJAX_GCLOUD_FLAGS:-}"
 gcloud=(gcloud compute tpus tpu-vm ssh "$name" --zone "$zone" --worker=all "${extra_flags[@]}" --command "$worker")

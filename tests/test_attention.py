@@ -223,3 +223,23 @@ def test_splash_compiles_ahead_of_time_for_a_v5p_8():
         print(name, r["memory_analysis"])
         assert r["mosaic_kernels"] == kernels, r  # the compiled Mosaic kernel, not interpret mode
         assert r["temp_bytes"] < r["fp32_scores_bytes_per_chip"] / 8, r
+
+
+def test_cache_attention_in_blocks_equals_one_softmax_and_skips_blocks_no_row_reached():
+    from gsjax.models.attention import attend, cached_attention
+
+    rs = np.random.RandomState(3)
+    q = jnp.asarray(rs.randn(3, 5, 4, 16).astype(np.float32))
+    k = jnp.asarray(rs.randn(3, 64, 2, 16).astype(np.float32))
+    v = jnp.asarray(rs.randn(3, 64, 2, 16).astype(np.float32))
+    positions = jnp.asarray([[0, 1, 2, 3, 4], [30, 31, 32, 33, 34], [9, 10, 11, 12, 13]])
+    whole = cached_attention(q, k, v, positions, block=0)
+    mask = np.arange(64)[None, None, :] <= np.asarray(positions)[:, :, None]
+    np.testing.assert_allclose(np.asarray(whole), np.asarray(attend(q, k, v, jnp.asarray(mask))), atol=1e-6)
+    for block in (8, 16, 32):
+        np.testing.assert_allclose(np.asarray(cached_attention(q, k, v, positions, block=block)),
+                                   np.asarray(whole), atol=1e-5)
+    # Keys past position 34 are never read: garbage there changes nothing.
+    poisoned = k.at[:, 40:].set(jnp.nan), v.at[:, 40:].set(jnp.nan)
+    np.testing.assert_allclose(np.asarray(cached_attention(q, *poisoned, positions, block=8)), np.asarray(whole),
+                               atol=1e-5)

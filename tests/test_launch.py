@@ -262,7 +262,7 @@ def _worker_cmd(cmd):
     return ("cd ~/gsjax && { test -x .venv/bin/python || python3.11 -m venv .venv; }"
             " && { test .venv/.installed-tpu-vm -nt pyproject.toml || { .venv/bin/python -m pip install"
             " --quiet -e '.[tpu]' && touch .venv/.installed-tpu-vm; }; }"
-            f" && exec env PATH=\"$PWD/.venv/bin:$PATH\" PYTHONUNBUFFERED=1 {shlex.join(cmd)}")
+            f" && exec env PATH=\"$PWD/.venv/bin:$PATH\" PYTHONUNBUFFERED=1 GSJAX_DISTRIBUTED=auto {shlex.join(cmd)}")
 
 
 def _fake_gcloud(tmp_path):

@@ -128,7 +128,7 @@ class RolloutEngine:
         if not self._fits(len(prompt)):
             episode.abort(Termination.MAX_TOKENS)
             return lv
-        self.sampler.start(slot, prompt, self._turn_budget, seed=self._task_seed(task))
+        self.sampler.start(slot, prompt, self._budget(len(prompt)), seed=self._task_seed(task))
         return lv
 
     def _after_turn(self, slot: int, lv: _Live, turn: Turn) -> None:
@@ -167,15 +167,21 @@ class RolloutEngine:
             lv.episode.abort(Termination.MAX_TOKENS)
             return
         lv.add(ids, 0)
-        self.sampler.append(slot, lv.closing + ids, self._turn_budget)
+        self.sampler.append(slot, lv.closing + ids, self._budget(len(lv.tokens)))
 
     def _task_seed(self, task: Task) -> int | None:
         if self._seed is None:
             return None
         return zlib.crc32(f"{self._seed}/{task.prompt_id}/{task.group_index}".encode())
 
+    def _budget(self, length: int) -> int:
+        """Tokens the next turn may sample after `length` tokens, so that the conversation with
+        the turn's closing `<|im_end|>\\n` stays within the conversation limit and the cache."""
+        limit = min(self.limits.max_conversation_tokens, self.sampler.cache_len)
+        return min(self._turn_budget, limit - length - len(self._close_turn))
+
     def _fits(self, length: int) -> bool:
-        return length + 1 < min(self.limits.max_conversation_tokens, self.sampler.cache_len)
+        return self._budget(length) >= 1
 
     def _finish(self, lv: _Live) -> Trajectory:
         ep = lv.episode

@@ -197,17 +197,20 @@ class PolicyAgent:
     batched = True
 
     def __init__(self, folder: Path | str, toolbox, today: datetime.date, *, num_slots: int = 32,
-                 cache_len: int = 1024, temperature: float = 0.6, top_p: float = 0.9, seed: int = 0):
+                 cache_len: int = 1024, temperature: float = 0.6, top_p: float = 0.9, seed: int = 0,
+                 mesh: dict | None = None):
         from gsjax.agent.policy import load_policy
+        from gsjax.parallel import make_mesh
         from gsjax.sampling import SamplingParams
 
         folder = Path(folder)
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"agent.policy {str(folder)!r} is not a policy folder (no config.json); "
                                     "train one with python -m gsjax.train")
-        self.policy = load_policy(folder)
+        placed = make_mesh(dict(mesh or {"data": -1}))  # the parameters and the sampler on it
+        self.policy = load_policy(folder, placed)
         self.limits = self.policy.limits
-        sampler = self.policy.sampler(num_slots, cache_len, seed=seed,
+        sampler = self.policy.sampler(num_slots, cache_len, seed=seed, mesh=placed,
                                       sampling=SamplingParams(temperature=temperature, top_p=top_p))
         self.engine = self.policy.engine(sampler, toolbox, today)
         self.batch_size = num_slots
@@ -241,7 +244,8 @@ def build_agent(cfg, toolbox, world_dir: Path | str | None, today: datetime.date
             raise ValueError("agent.backend='policy' needs agent.policy, a policy folder "
                              "(e.g. runs/grpo/policy_grpo written by python -m gsjax.train)")
         return PolicyAgent(cfg.policy, toolbox, today, num_slots=cfg.num_slots, cache_len=cfg.cache_len,
-                           temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
+                           temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
+                           mesh=cfg.mesh.to_dict() if "mesh" in cfg else None)
     if backend == "openai":
         return OpenAIAgent(cfg.base_url, cfg.model, toolbox, today, limits, key_env=cfg.key_env,
                            temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,

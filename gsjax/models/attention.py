@@ -91,6 +91,51 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
     return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, d)
 
 
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, positions: jax.Array, *, block: int = 0) -> jax.Array:
+    """The sampler's attention over a KV cache: query (b, t) at position positions[b, t] sees the
+    cache entries 0..positions[b, t] of its row. q [B, T, H, D], k/v [B, S, KV, D].
+
+    `block` > 0 (dividing S) walks the cache in blocks of that many keys with an online softmax,
+    so the scores held at once are [B, H, T, block] instead of [B, H, T, S], and blocks past the
+    last position any row has reached are skipped (`lax.cond`): a step costs what the longest live
+    conversation holds, rounded up to a block, not the cache's capacity. 0: one softmax over all.
+    """
+    b, t, h, d = q.shape
+    s, kvh = k.shape[1], k.shape[2]
+    if block <= 0 or block >= s or s % block:
+        return attend(q, k, v, jnp.arange(s)[None, None, :] <= positions[:, :, None])
+    g = h // kvh
+    qg = q.reshape(b, t, kvh, g, d)
+    n = s // block
+    kb, vb = k.reshape(b, n, block, kvh, d), v.reshape(b, n, block, kvh, d)
+    last = positions.max()
+
+    def visit(carry, j):
+        top, total, acc = carry  # [B, KV, G, T], [B, KV, G, T], [B, T, KV, G, D] (fp32)
+        kj = jax.lax.dynamic_index_in_dim(kb, j, 1, keepdims=False)
+        vj = jax.lax.dynamic_index_in_dim(vb, j, 1, keepdims=False)
+        scores = jnp.einsum("btkgd,bskd->bkgts", qg, kj, preferred_element_type=jnp.float32) * (d**-0.5)
+        seen = (j * block + jnp.arange(block))[None, None, :] <= positions[:, :, None]  # [B, T, block]
+        scores = jnp.where(seen[:, None, None], scores, -jnp.inf)
+        new_top = jnp.maximum(top, scores.max(axis=-1))
+        shift = jnp.where(jnp.isfinite(new_top), new_top, 0.0)  # rows with nothing seen yet
+        p = jnp.exp(scores - shift[..., None])
+        scale = jnp.exp(top - shift)
+        total = total * scale + p.sum(axis=-1)
+        acc = acc * jnp.moveaxis(scale, 3, 1)[..., None] + jnp.einsum(
+            "bkgts,bskd->btkgd", p.astype(v.dtype), vj, preferred_element_type=jnp.float32)
+        return new_top, total, acc
+
+    def body(carry, j):
+        return jax.lax.cond(j * block <= last, visit, lambda c, _: c, carry, j), None
+
+    init = (jnp.full((b, kvh, g, t), -jnp.inf, jnp.float32), jnp.zeros((b, kvh, g, t), jnp.float32),
+            jnp.zeros((b, t, kvh, g, d), jnp.float32))
+    (_, total, acc), _ = jax.lax.scan(body, init, jnp.arange(n))
+    out = acc / jnp.moveaxis(total, 3, 1)[..., None]  # every row sees at least key 0
+    return out.reshape(b, t, h, d).astype(q.dtype)
+
+
 def _plain(q, k, v, segment_ids):
     return attend(q, k, v, causal_segment_mask(segment_ids))
 

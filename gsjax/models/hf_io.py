@@ -309,7 +309,7 @@ def load_tensors_into(
 
 
 # Qwen3Config fields a caller may set when loading: how to run the model, not what it is.
-RUN_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat", "attention", "attention_block")
+RUN_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat", "attention", "attention_block", "cache_block")
 
 
 def load_model(folder: str | Path, mesh: Mesh | None = None, *, progress: bool = False, **run: Any) -> Qwen3:

@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gsjax.models.attention import IMPLEMENTATIONS, attend, causal_attention
-from gsjax.parallel import constrain
+from gsjax.models.attention import IMPLEMENTATIONS, cached_attention, causal_attention
+from gsjax.parallel import compute_value, constrain
 
 Family = Literal["qwen3", "qwen2"]
 
@@ -67,6 +67,7 @@ class Qwen3Config:
     remat: str = "none"
     attention: str = "blocked"
     attention_block: int = 128  # query/key block of "blocked" and "splash" (512 suits TPUs)
+    cache_block: int = 0  # the sampler's attention walks the KV cache in blocks of this many keys (0 = at once)
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
@@ -112,6 +113,7 @@ QWEN3_8B = Qwen3Config(
     vocab_size=151_936, hidden_size=4096, intermediate_size=12_288, num_layers=36, num_heads=32,
     num_kv_heads=8, head_dim=128, rope_theta=1_000_000.0, tie_embeddings=False, dtype="bfloat16",
     param_dtype="float32", scan_layers=True, remat="full", attention="splash", attention_block=512,
+    cache_block=4096,
 )
 
 
@@ -153,7 +155,7 @@ class RMSNorm(nnx.Module):
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         # As Hugging Face does: normalise in fp32, cast back, then scale.
-        return self.scale[...].astype(x.dtype) * x32.astype(x.dtype)
+        return compute_value(self.scale).astype(x.dtype) * x32.astype(x.dtype)
 
 
 def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
@@ -183,9 +185,9 @@ class Attention(nnx.Module):
         self.k_norm = RMSNorm(d, cfg.rms_norm_eps, pd, rngs=rngs) if cfg.qk_norm else None
 
     def _project(self, x: jax.Array, kernel: nnx.Param, bias: nnx.Param | None, axes) -> jax.Array:
-        y = jnp.einsum("bte,end->btnd", x, kernel[...].astype(x.dtype))
+        y = jnp.einsum("bte,end->btnd", x, compute_value(kernel).astype(x.dtype))
         if bias is not None:
-            y = y + bias[...].astype(x.dtype)
+            y = y + compute_value(bias).astype(x.dtype)
         return constrain(y, axes)
 
     def _qkv(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -199,7 +201,7 @@ class Attention(nnx.Module):
 
     def _out(self, out: jax.Array, dtype) -> jax.Array:
         out = constrain(out, ("act_batch", "act_len", "act_heads", "act_head_dim"))
-        y = jnp.einsum("bthd,hde->bte", out, self.o_proj[...].astype(dtype))
+        y = jnp.einsum("bthd,hde->bte", out, compute_value(self.o_proj).astype(dtype))
         return constrain(y, ("act_batch", "act_len", "act_embed"))
 
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
@@ -224,8 +226,7 @@ class Attention(nnx.Module):
         if rows is not None:
             read = jnp.minimum(rows, keys.shape[0] - 1)
             keys, values = keys[read], values[read]
-        mask = jnp.arange(keys.shape[1])[None, None, :] <= positions[:, :, None]  # [B, T, S]
-        out = attend(q, keys.astype(x.dtype), values.astype(x.dtype), mask)
+        out = cached_attention(q, keys.astype(x.dtype), values.astype(x.dtype), positions, block=self.cfg.cache_block)
         return self._out(out, x.dtype), cache
 
 
@@ -237,10 +238,10 @@ class MLP(nnx.Module):
         self.down_proj = _param(rngs, (m, e), ("mlp", "embed"), pd)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        gate = x @ self.gate_proj[...].astype(x.dtype)
-        up = x @ self.up_proj[...].astype(x.dtype)
+        gate = x @ compute_value(self.gate_proj).astype(x.dtype)
+        up = x @ compute_value(self.up_proj).astype(x.dtype)
         h = constrain(jax.nn.silu(gate) * up, ("act_batch", "act_len", "act_mlp"))
-        return constrain(h @ self.down_proj[...].astype(x.dtype), ("act_batch", "act_len", "act_embed"))
+        return constrain(h @ compute_value(self.down_proj).astype(x.dtype), ("act_batch", "act_len", "act_embed"))
 
 
 class DecoderLayer(nnx.Module):
@@ -285,12 +286,12 @@ class Qwen3(nnx.Module):
         self.lm_head = None if cfg.tie_embeddings else _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), pd)
 
     def embed_tokens(self, tokens: jax.Array) -> jax.Array:
-        x = jnp.take(self.embed[...], tokens, axis=0).astype(self.cfg.jnp_dtype)
+        x = jnp.take(compute_value(self.embed), tokens, axis=0).astype(self.cfg.jnp_dtype)
         return constrain(x, ("act_batch", "act_len", "act_embed"))
 
     def head(self) -> jax.Array:
         """The output projection [embed, vocab] (the embedding's transpose when tied)."""
-        return self.embed[...].T if self.lm_head is None else self.lm_head[...]
+        return compute_value(self.embed).T if self.lm_head is None else compute_value(self.lm_head)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """fp32 logits from final hidden states [..., embed]."""

@@ -6,6 +6,7 @@ from gsjax.parallel.sharding import localize, shard_module, state_shardings
 from gsjax.parallel.rules import (
     DEFAULT_RULES,
     SAMPLER_RULES,
+    compute_value,
     constrain,
     current_rules,
     logical_to_spec,
@@ -21,6 +22,7 @@ __all__ = [
     "is_primary",
     "DEFAULT_RULES",
     "SAMPLER_RULES",
+    "compute_value",
     "constrain",
     "current_rules",
     "initialize_distributed",

@@ -51,19 +51,23 @@ def initialize_distributed() -> bool:
     """Start jax.distributed when this is one process of several; a no-op on one host.
 
     Multi-host is detected from the coordinator variables that launchers set
-    (JAX_COORDINATOR_ADDRESS with JAX_NUM_PROCESSES / JAX_PROCESS_ID) or from a Cloud TPU pod slice
-    (TPU_WORKER_HOSTNAMES with more than one host). Returns True when it initialised.
+    (JAX_COORDINATOR_ADDRESS with JAX_NUM_PROCESSES / JAX_PROCESS_ID: launch/gpu_hosts.sh), or a
+    Cloud TPU slice (GSJAX_DISTRIBUTED=auto, which launch/tpu_vm.sh sets, or TPU_WORKER_HOSTNAMES
+    with more than one host). Returns True when it initialised.
     """
     coordinator = os.environ.get("JAX_COORDINATOR_ADDRESS")
     tpu_hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
     if coordinator:
+        # CPU processes (tests, simulated devices) need a collectives backend; GPUs and TPUs
+        # bring their own and ignore this setting.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(
             coordinator_address=coordinator,
             num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
             process_id=int(os.environ["JAX_PROCESS_ID"]),
         )
-    elif len([h for h in tpu_hosts.split(",") if h]) > 1:
-        jax.distributed.initialize()  # Cloud TPU fills in the rest
+    elif os.environ.get("GSJAX_DISTRIBUTED") == "auto" or len([h for h in tpu_hosts.split(",") if h]) > 1:
+        jax.distributed.initialize()  # Cloud TPU: jax finds the slice's workers itself
     else:
         return False
     log.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())

@@ -131,3 +131,36 @@ def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
         return x
     spec = logical_to_spec(logical, x.shape, dict(mesh.shape))
     return jax.lax.with_sharding_constraint(x, spec)
+
+
+def _mesh_axes(entry: MeshAxes) -> tuple[str, ...]:
+    return () if entry is None else ((entry,) if isinstance(entry, str) else tuple(entry))
+
+
+def compute_value(variable) -> jax.Array:
+    """The value of a parameter (an nnx.Variable with `axes` metadata) laid out for use against
+    batch-sharded activations.
+
+    Under a mesh (`jax.set_mesh`), every dimension of the parameter that its logical axes shard
+    over a mesh axis of `act_batch` (data, fsdp: FSDP storage) is all-gathered over that axis, and
+    its other mesh axes (tp) are kept: FSDP's gather before use, the layout a matmul needs, which
+    XLA would otherwise pick itself. Picking it here matters: when the activations are no larger
+    than the weight shard, XLA's SPMD partitioner moves the activations instead and, on meshes with
+    data > 1 and fsdp == tp > 1 such as (2, 2, 2), returns the batch shards of (data, fsdp) = (0, 1)
+    and (1, 0) swapped (jax 0.10.2; docs/qwen_image.md). A no-op without a mesh, or when no batch
+    axis shards the parameter. Inside a scan over stacked layers, a layer's slice still carries the
+    stack's leading `layers` name; it is dropped here.
+    """
+    value = variable[...]
+    mesh = jax.sharding.get_abstract_mesh()
+    axes = variable.get_metadata().get("axes")
+    if mesh.empty or mesh.size == 1 or axes is None:
+        return value
+    axes = tuple(axes)[len(axes) - value.ndim:]
+    batch = set(_mesh_axes(current_rules().get("act_batch")))
+    stored = [_mesh_axes(e) for e in logical_to_spec(axes, value.shape, dict(mesh.shape))]
+    kept = [tuple(a for a in e if a not in batch) for e in stored]
+    if kept == stored:
+        return value
+    spec = PartitionSpec(*(None if not e else e[0] if len(e) == 1 else e for e in kept))
+    return jax.lax.with_sharding_constraint(value, spec)

@@ -363,6 +363,8 @@ class SamplerPrograms:
         with use_rules(SAMPLER_RULES):
             self.weight_shardings = state_shardings(state, mesh)
             spec = logical_to_spec(CACHE_AXES, cache_shape(self.cfg, num_slots, cache_len), dict(mesh.shape))
+        # The sampler computes in cfg.dtype; float32 master weights are held in it (half the bytes).
+        self.weight_dtype = self.cfg.jnp_dtype
         self.cache_sharding = KVCache(NamedSharding(mesh, spec), NamedSharding(mesh, spec))
         rep = NamedSharding(mesh, PartitionSpec())
         self._rep = rep
@@ -391,14 +393,22 @@ class SamplerPrograms:
         """`state` (the learner's parameters, on any mesh of this run) copied into the sampler's
         placement: resharded on device, then, with several processes, taken from this process's
         devices."""
-        if all(x.is_fully_addressable for x in jax.tree.leaves(state)):
-            return jax.device_put(state, self.weight_shardings)
+        cast = jax.tree.map(self._cast, state)
+        leaves = jax.tree.leaves(state)
+        if all(x.is_fully_addressable for x in leaves):
+            mine = {d for s in jax.tree.leaves(self.weight_shardings) for d in s.device_set}
+            if all(x.sharding.device_set == mine for x in leaves):  # resharded and cast on device
+                return jax.jit(lambda x: x, out_shardings=self.weight_shardings)(cast)
+            return jax.device_put(cast, self.weight_shardings)
         # A global array: first the sampler's placement over the whole mesh (replicated across
         # processes, as SAMPLER_RULES shard over tp only), then each process's shards of it.
         global_mesh = _mesh_of(state)
         on_global = jax.tree.map(lambda s: NamedSharding(global_mesh, s.spec), self.weight_shardings)
-        moved = jax.jit(lambda x: x, out_shardings=on_global)(state)
+        moved = jax.jit(lambda x: x, out_shardings=on_global)(cast)
         return jax.tree.map(localize, moved, self.weight_shardings)
+
+    def _cast(self, x: jax.Array) -> jax.Array:
+        return x.astype(self.weight_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
 
     def init_cache(self) -> KVCache:
         fn = jax.jit(lambda: init_cache(self.cfg, self.num_slots, self.cache_len), out_shardings=self.cache_sharding)
@@ -439,6 +449,14 @@ class SamplerPrograms:
         return cache, (tok, lp, emit, hit.any(axis=0), lengths)
 
     # ------------------------------------------------------------------ ahead of time
+
+    def abstract_weights(self, state) -> nnx.State:
+        """`state`'s weights as the sampler holds them (dtype and sharding), without values."""
+        def one(x, sharding):
+            dtype = self.weight_dtype if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype
+            return jax.ShapeDtypeStruct(x.shape, dtype, sharding=sharding)
+
+        return jax.tree.map(one, state, self.weight_shardings)
 
     def abstract_cache(self) -> KVCache:
         shape = cache_shape(self.cfg, self.num_slots, self.cache_len)

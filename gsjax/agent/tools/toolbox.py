@@ -156,6 +156,18 @@ class ToolsConfig:
         return cls(**values)
 
 
+def tools_config(**overrides: Any):
+    """The `tools` block of the training and evaluation configs: every ToolsConfig field (its
+    defaults, the reference's endpoints and key variables), `overrides` applied, so any of them can
+    be set on the command line (`--config.tools.search_base=...`)."""
+    import ml_collections
+
+    values = dataclasses.asdict(ToolsConfig())
+    values["allow"] = tuple(values["allow"])
+    values.update(overrides)
+    return ml_collections.ConfigDict(values)
+
+
 def build_toolbox(config: ToolsConfig | None = None, corpus: Any = None) -> ToolBox:
     """The three tools for `config`. `corpus` (a `gsjax.world.corpus.Corpus`) overrides
     `world_dir` for the local backend."""

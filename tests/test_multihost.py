@@ -1,0 +1,245 @@
+"""Several hosts, proven with several processes on this machine (jax.distributed over loopback,
+started by launch/gpu_hosts.sh in its localhost mode):
+
+- the learner on synthetic data (tests/multihost_worker.py): SFT and GRPO steps give the same
+  losses, gradient norms and updated parameters as 1 process x 8 devices and as 1 device;
+- `python -m gsjax.train` on the offline world, its tools served over HTTP by a loopback world
+  server: 2 processes x 4 devices give the same per-step SFT loss, GRPO reward and loss and held-out
+  summary as 1 x 8 and 1 x 1, make each tool call once (the server's request counts are equal),
+  and write one metrics file; a SIGKILL of one process, then a rerun, resumes exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH = ROOT / "launch" / "gpu_hosts.sh"
+TOOL_ROUTES = ("/search", "/images", "/reader")  # one request per query / call; images are files
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def _hosts(tmp: Path, devices: int, processes: int = 2, port: int = 0) -> Path:
+    path = tmp / f"hosts{processes}x{devices}"
+    path.write_text("".join(f"localhost GSJAX_TEST_DEVICES={devices}\n" for _ in range(processes)))
+    return path
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------------- the learner
+
+
+def _worker(mesh: dict, devices: int, processes: int, tmp: Path) -> dict:
+    cmd = ["python", str(ROOT / "tests" / "multihost_worker.py"), json.dumps(mesh)]
+    if processes == 1:
+        env = _env(**({"GSJAX_TEST_DEVICES": str(devices)} if devices > 1 else {}))
+        proc = subprocess.run([sys.executable] + cmd[1:], env=env, capture_output=True, text=True, timeout=600)
+    else:
+        env = _env(GSJAX_COORDINATOR_PORT=str(_free_port()), VIRTUAL_ENV=str(Path(sys.executable).parents[1]))
+        proc = subprocess.run(["bash", str(LAUNCH), str(_hosts(tmp, devices, processes)), "--"] + cmd, env=env,
+                              capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if "{" in x)
+    return json.loads(line[line.index("{"):])
+
+
+def test_learner_steps_on_two_processes_equal_one_process_and_one_device(tmp_path):
+    one = _worker({"data": 1}, 1, 1, tmp_path)
+    eight = _worker({"data": 2, "fsdp": 2, "tp": 2}, 8, 1, tmp_path)
+    two = _worker({"data": 2, "fsdp": 2, "tp": 2}, 4, 2, tmp_path)
+    assert (one["devices"], eight["devices"], two["devices"], two["processes"]) == (1, 8, 8, 2)
+    assert one["sft_loss"][2] != one["sft_loss"][0]  # the steps move the parameters
+    for other in (eight, two):
+        assert other["sft_loss"] == pytest.approx(one["sft_loss"], abs=1e-5)
+        assert other["sft_params"] == pytest.approx(one["sft_params"], rel=1e-6)
+        for a, b in zip(one["grpo"], other["grpo"]):
+            assert abs(a["loss"]) > 0.1  # real advantages: the groups' rewards differ
+            for key, value in a.items():  # the loss to 1e-5; the gradient norm (about 20) relatively
+                assert b[key] == pytest.approx(value, abs=1e-5, rel=1e-5), key
+        assert other["grpo_params"] == pytest.approx(one["grpo_params"], rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------- gsjax.train
+
+MODEL = ["--config.model.tiny.hidden_size=128", "--config.model.tiny.intermediate_size=512",
+         "--config.model.tiny.num_heads=4", "--config.model.tiny.num_kv_heads=2"]
+SHORT = ["--config.rl.cache_len=512", "--config.agent.limits.max_conversation_tokens=512"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """An SFT policy that calls tools now and then (300 steps on the test world's expert
+    trajectories), and the world served over loopback HTTP."""
+    from gsjax.world.corpus import Corpus
+    from gsjax.world.serve import WorldServer
+
+    base = tmp_path_factory.mktemp("multihost")
+    pre = base / "pre"
+    proc = subprocess.run([sys.executable, "-m", "gsjax.train", "--config=configs/grpo.py:test",
+                           f"--config.workdir={pre}", "--config.sft.steps=300", "--config.sft.checkpoint_every=1000",
+                           "--config.rl.steps=0", "--config.eval.prompts=0", *MODEL], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    server = WorldServer(Corpus.load(pre / "world")).start()
+    yield base, pre / "policy_sft", server
+    server.stop()
+
+
+def _train_args(workdir: Path, policy: Path, server, mesh: dict) -> list[str]:
+    mesh_args = [f"--config.mesh.{k}={v}" for k, v in mesh.items()]
+    # One image folder for every run: the paths the tools show the policy are the same text.
+    tools = [f"--config.tools.image_dir={workdir.parent / 'tool_images'}",
+             "--config.tools.backend=http", f"--config.tools.search_base={server.url}",
+             "--config.tools.search_key_env=", f"--config.tools.reader_base={server.url}/reader",
+             "--config.tools.reader_key_env=", f"--config.tools.allow=('127.0.0.1:{server.port}',)"]
+    return ["-m", "gsjax.train", "--config=configs/grpo.py:test", f"--config.workdir={workdir}",
+            f"--config.model.path={policy}", "--config.sft.steps=4", "--config.sft.checkpoint_every=2",
+            "--config.rl.steps=4", "--config.rl.checkpoint_every=2", "--config.rl.num_slots=8",
+            "--config.eval.num_slots=8", "--config.eval.prompts=4", *MODEL, *SHORT, *mesh_args, *tools]
+
+
+def _start(workdir: Path, world, devices: int, processes: int, mesh: dict) -> subprocess.Popen:
+    base, policy, server = world
+    args = _train_args(workdir, policy, server, mesh)
+    if processes == 1:
+        env = _env(**({"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"} if devices > 1 else {}))
+        cmd = [sys.executable] + args
+    else:
+        hosts = base / f"hosts-{workdir.name}"
+        hosts.write_text("".join(f"localhost XLA_FLAGS=--xla_force_host_platform_device_count={devices}\n"
+                                 for _ in range(processes)))
+        env = _env(GSJAX_COORDINATOR_PORT=str(_free_port()), VIRTUAL_ENV=str(Path(sys.executable).parents[1]))
+        cmd = ["bash", str(LAUNCH), str(hosts), "--", "python"] + args
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _records(workdir: Path) -> list[dict]:
+    path = workdir / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+
+
+def _run(workdir: Path, world, devices: int, processes: int, mesh: dict) -> tuple[list[dict], dict, int]:
+    server = world[2]
+    before = sum(server.hits[r] for r in TOOL_ROUTES)
+    proc = _start(workdir, world, devices, processes, mesh)
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-4000:]
+    summary = json.loads((workdir / "summary.json").read_text())
+    return _records(workdir), summary, sum(server.hits[r] for r in TOOL_ROUTES) - before
+
+
+def _same_steps(a: list[dict], b: list[dict]) -> None:
+    assert [(r["phase"], r["step"]) for r in a] == [(r["phase"], r["step"]) for r in b]
+    for x, y in zip(a, b):
+        assert y["loss"] == pytest.approx(x["loss"], abs=1e-5), (x["phase"], x["step"])
+        if x["phase"] == "grpo":
+            for key in ("reward", "traj_tokens", "tool_calls", "answered", "grad_norm"):
+                assert y[key] == pytest.approx(x[key], abs=1e-5, rel=1e-5), (x["step"], key)
+
+
+@pytest.mark.slow
+def test_training_on_two_processes_equals_one_process_and_calls_each_tool_once(world):
+    base = world[0]
+    one, one_summary, one_hits = _run(base / "one", world, 1, 1, {"data": 1})
+    eight, eight_summary, eight_hits = _run(base / "eight", world, 8, 1, {"data": 1, "fsdp": 8})
+    two, two_summary, two_hits = _run(base / "two", world, 4, 2, {"data": 1, "fsdp": 8})
+    assert [r["step"] for r in one if r["phase"] == "sft"] == [1, 2, 3, 4]
+    assert len({r["loss"] for r in one if r["phase"] == "sft"}) > 1
+    assert one_hits > 0  # the policy did call the tools
+    assert eight_hits == one_hits and two_hits == one_hits  # each call once, on the process that made it
+    for other, summary in ((eight, eight_summary), (two, two_summary)):
+        _same_steps(one, other)  # one record per step: a single writer
+        for name, m in one_summary["heldout"].items():
+            for key in ("reward", "traj_tokens", "tool_calls"):
+                assert summary["heldout"][name][key] == pytest.approx(m[key], abs=1e-5), (name, key)
+    assert not list((base / "two").glob("metrics.jsonl.*"))
+    assert len(list((base / "two" / "tensorboard").glob("events.out.tfevents.*"))) == 1
+
+
+def _pid_of_process(workdir: Path, index: int) -> int | None:
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"--config.workdir={workdir}".encode() in cmdline and f"JAX_PROCESS_ID={index}".encode() in environ \
+                and any(c.endswith(b"python") or b"python3" in c for c in cmdline[:1]):
+            return int(pid)
+    return None
+
+
+@pytest.mark.slow
+def test_sigkill_of_one_process_then_rerun_resumes_exactly(world):
+    workdir = world[0] / "killed"
+    proc = _start(workdir, world, 4, 2, {"data": 1, "fsdp": 8})
+    deadline = time.monotonic() + 900
+    while not any(r["phase"] == "grpo" and r["step"] == 3 for r in _records(workdir)):  # step 2's checkpoint behind it
+        assert proc.poll() is None, proc.stdout.read()[-4000:]
+        assert time.monotonic() < deadline, "training did not reach GRPO step 3 in time"
+        time.sleep(0.2)
+    pid = _pid_of_process(workdir, 1)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0  # the launcher stopped the other process and reports the failure
+    before = {r["step"]: r for r in _records(workdir) if r["phase"] == "grpo"}
+
+    rerun = _start(workdir, world, 4, 2, {"data": 1, "fsdp": 8})
+    out, _ = rerun.communicate(timeout=900)
+    assert rerun.returncode == 0, out[-4000:]
+    assert "GRPO: resuming after step 2" in out and "SFT: reusing" in out
+    records = [r for r in _records(workdir) if r["phase"] == "grpo"]
+    redone = records[len(before):]
+    assert [r["step"] for r in redone] == [3, 4]
+    for key in ("loss", "reward", "traj_tokens", "tool_calls", "grad_norm"):
+        assert redone[0][key] == pytest.approx(before[3][key], abs=1e-6), key
+    assert (workdir / "policy_grpo" / "agent.json").is_file()
+
+
+def _eval(world, workdir: Path, devices: int, mesh: dict) -> list[dict]:
+    base, policy, _ = world
+    env = _env(**({"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"} if devices > 1 else {}))
+    args = ["-m", "gsjax.eval", "--config=configs/eval_knowgen.py:test", f"--config.workdir={workdir}",
+            f"--config.data.world_dir={base / 'pre' / 'world'}", "--config.data.limit=4", "--config.eval.baseline=false",
+            "--config.agent.backend=policy", f"--config.agent.policy={policy}", "--config.agent.num_slots=8",
+            "--config.agent.cache_len=512", "--config.agent.temperature=1.0",
+            f"--config.tools.image_dir={base / 'tool_images'}", *[f"--config.agent.mesh.{k}={v}" for k, v in mesh.items()]]
+    proc = subprocess.run([sys.executable] + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (results,) = workdir.glob("policy-*/results.jsonl")
+    return [json.loads(x) for x in results.read_text().splitlines() if x.strip()]
+
+
+@pytest.mark.slow
+def test_eval_policy_agent_on_eight_devices_equals_one_device(world):
+    one = _eval(world, world[0] / "eval1", 1, {"data": 1})
+    eight = _eval(world, world[0] / "eval8", 8, {"data": 1, "fsdp": 8})
+    key = lambda r: r["id"]  # noqa: E731
+    assert len(one) == 4 and sum(r["tool_calls"] for r in one) > 0
+    for a, b in zip(sorted(one, key=key), sorted(eight, key=key)):
+        for field in ("termination", "tool_calls", "answer", "messages", "shown", "scores"):
+            assert b.get(field) == a.get(field), (a["id"], field)
