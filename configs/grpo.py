@@ -35,6 +35,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.path = ""  # a policy or HF checkpoint folder; empty = a tiny model built from model.tiny
+    c.model.architecture = ""  # a named architecture (qwen3_8b): what `gsjax.plan` compiles without a folder
     c.model.dtype = "float32"
     c.model.param_dtype = "float32"
     # How the model runs (not what it is): scanned layers, rematerialisation ("none", "full", "dots",
@@ -43,6 +44,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.model.remat = "none"
     c.model.attention = "blocked"
     c.model.attention_block = 128
+    c.model.cache_block = 0  # the sampler's attention walks the cache in blocks of this many keys (0 = at once)
     c.model.tiny = ml_collections.ConfigDict(dict(
         vocab_size=2048, hidden_size=128, intermediate_size=512, num_layers=2, num_heads=4, num_kv_heads=2,
         head_dim=32, tie_embeddings=True, rope_theta=10_000.0))
@@ -51,7 +53,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.agent = ml_collections.ConfigDict()
     c.agent.today = "2026-01-01"  # the date in the system prompt; "" = today (fixed here so cached data match)
     c.agent.limits = ml_collections.ConfigDict(dict(
-        max_rounds=9, max_tokens_per_turn=192, max_conversation_tokens=1024, images_per_response=5,
+        max_rounds=9, max_tokens_per_turn=192, max_conversation_tokens=1024, max_response_tokens=30000,
+        images_per_response=5,
         max_pixels=160000, max_answer_refs=4, prompt="compact"))
 
     c.tools = tools_config(backend="local", extractive_sentences=2, max_images=5, workers=32)
@@ -81,19 +84,29 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         c.rl.update(steps=4, prompts_per_step=2, group_size=2, num_slots=4, checkpoint_every=2)
         c.eval.update(prompts=4, num_slots=4)
     elif preset == "qwen3_8b":
+        # The reference's recipe (reference-spec.md section 5) at Qwen3-8B; `python -m gsjax.plan
+        # --config=configs/grpo.py:qwen3_8b --topology=v5p-16` compiles it (docs/scaling.md).
         c.workdir = "runs/grpo_qwen3_8b"
         c.data.world = False
-        c.model.dtype = c.model.param_dtype = "bfloat16"
-        c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tp=1))
+        c.model.architecture = "qwen3_8b"  # the shape gsjax.plan compiles; training loads model.path
+        c.model.update(dtype="bfloat16", param_dtype="float32",  # fp32 master weights: lr 1e-6 vanishes in bf16
+                       scan_layers=True, remat="full", attention="splash", attention_block=512, cache_block=4096)
+        c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tp=2))  # tp 2: sampler weights halved per chip
         c.agent.today = ""
-        c.agent.limits.update(max_tokens_per_turn=4096, max_conversation_tokens=36000, max_answer_refs=5,
-                              prompt="full")
+        c.agent.limits.update(max_tokens_per_turn=4096 + 128, max_conversation_tokens=36000,
+                              max_response_tokens=30000, max_answer_refs=5, prompt="full")
         c.tools.update(backend="http", extractive_sentences=0, workers=128)
         c.sft.steps = 0  # start from an SFT checkpoint (model.path)
-        c.rl.update(steps=300, lr=1e-6, temperature=0.7, top_p=0.95, num_slots=64, cache_len=36864,
+        c.rl.update(steps=300, prompts_per_step=8, group_size=6, lr=1e-6, weight_decay=0.01, clip_low=0.2,
+                    clip_high=0.28, dual_clip=3.0, kl_coef=0.0, loss_agg="seq-mean-token-sum",
+                    temperature=0.7, top_p=0.95, top_k=0,
+                    # 16 conversations per process at once, each up to 36,864 tokens (v5p-16 has 2 hosts:
+                    # 32 of a step's 48 at once); more slots do not fit beside the learner (docs/scaling.md)
+                    num_slots=16, cache_len=36864,
+                    micro_batch_tokens=37000, vocab_chunk=8192,  # the reference's dynamic batch per GPU
                     checkpoint_every=20, keep_checkpoints=3)
         c.reward.update(generator="http", judge="openai")
-        c.eval.update(prompts=630, temperature=0.6, top_p=0.9, num_slots=64)
+        c.eval.update(prompts=630, temperature=0.6, top_p=0.9, num_slots=16)
     else:
         raise ValueError(f"unknown preset {preset!r} for configs/grpo.py; expected default, test or qwen3_8b")
     return c

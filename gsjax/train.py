@@ -109,7 +109,7 @@ def run_settings(cfg: ml_collections.ConfigDict) -> dict:
     """How the model runs (`hf_io.RUN_FIELDS`): dtypes, scanned layers, remat, attention."""
     m = cfg.model
     return dict(dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=m.scan_layers, remat=m.remat,
-                attention=m.attention, attention_block=m.attention_block)
+                attention=m.attention, attention_block=m.attention_block, cache_block=m.cache_block)
 
 
 def initial_policy(cfg: ml_collections.ConfigDict, tok: Tokenizer, limits: AgentLimits, sampling: SamplingParams,
@@ -117,6 +117,9 @@ def initial_policy(cfg: ml_collections.ConfigDict, tok: Tokenizer, limits: Agent
     if cfg.model.path:
         policy = load_policy(cfg.model.path, mesh, progress=is_primary(), **run_settings(cfg))
         return dataclasses.replace(policy, limits=limits, sampling=sampling)
+    if cfg.model.architecture:
+        raise ValueError(f"model.architecture={cfg.model.architecture!r} needs its weights: set model.path to a "
+                         "checkpoint folder (the architecture name alone is for python -m gsjax.plan)")
     model_cfg = Qwen3Config(**{**cfg.model.tiny.to_dict(), "vocab_size": tok.vocab_size}, **run_settings(cfg))
     model = Qwen3(model_cfg, rngs=nnx.Rngs(cfg.seed))
     shard_module(model, mesh)

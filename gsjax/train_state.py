@@ -47,6 +47,10 @@ def _largest(value: int) -> int:
     return int(allgather_rows(np.asarray([[value]]))[0].max())
 
 
+def _with_shardings(abstract: Any, shardings: Any) -> Any:
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+
+
 class TrainState:
     def __init__(self, model: Qwen3, tx: optax.GradientTransformation, loss_fn: LossFn, *,
                  mesh: Mesh | None = None, micro_batch_tokens: int = 0):
@@ -55,12 +59,19 @@ class TrainState:
         self.micro_batch_tokens = micro_batch_tokens
         self.graphdef, params = nnx.split(model)  # the decoder holds parameters only
         self.param_shardings = state_shardings(params, self.mesh)
-        self.params = jax.device_put(params, self.param_shardings)
-        abstract_opt = jax.eval_shape(tx.init, self.params)
+        abstract_opt = jax.eval_shape(tx.init, params)
         replicated = NamedSharding(self.mesh, PartitionSpec())
         self.opt_shardings = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, self.param_shardings,
                                                    transform_non_params=lambda _: replicated)
-        self.opt_state = jax.jit(tx.init, out_shardings=self.opt_shardings)(self.params)
+        # A model from nnx.eval_shape gives an abstract state (shapes, dtypes and shardings, no
+        # values) for ahead-of-time compilation (`lower_update`, gsjax.plan).
+        self.abstract = all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(params))
+        if self.abstract:
+            self.params = _with_shardings(params, self.param_shardings)
+            self.opt_state = _with_shardings(abstract_opt, self.opt_shardings)
+        else:
+            self.params = jax.device_put(params, self.param_shardings)
+            self.opt_state = jax.jit(tx.init, out_shardings=self.opt_shardings)(self.params)
         self.batch_shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         self.compiles = 0  # traces of the step; one per (micro-batches, rows) shape
         self._steps: dict[Any, Callable] = {}
@@ -136,6 +147,16 @@ class TrainState:
                      out_shardings=(self.param_shardings, self.opt_shardings, replicated))
         self._steps[key] = fn
         return fn
+
+    def lower_update(self, fields: Mapping[str, Any], micro: int, rows_per_micro: int, row_len: int, aux: Any = None):
+        """The step lowered for a batch of `micro` micro-batches of `rows_per_micro` rows of
+        `row_len` tokens (fields: name -> dtype), without data: `.compile()` it for its memory and
+        cost analyses."""
+        shape = (micro, rows_per_micro, row_len)
+        sharding = NamedSharding(self.mesh, logical_to_spec(ROW_AXES, shape, dict(self.mesh.shape)))
+        batch = {k: jax.ShapeDtypeStruct(shape, dt, sharding=sharding) for k, dt in fields.items()}
+        with jax.set_mesh(self.mesh):
+            return self._step_fn(batch, aux).lower(self.params, self.opt_state, batch, aux)
 
     def update(self, rows: Mapping[str, np.ndarray], aux: Any = None) -> dict[str, float]:
         """One optimizer step on this process's packed rows; returns the step's metrics."""

@@ -59,6 +59,7 @@ class AgentLimits:
     max_conversation_tokens: int = (
         36000  # the rollout is aborted (MAX_TOKENS) past this many tokens
     )
+    max_response_tokens: int = 30000  # tokens after the first prompt (the reference's response length)
     images_per_response: int = 5  # images attached to one tool response
     max_pixels: int = 160000  # per image, as the policy sees it (QWEN_VL_MAX_PIXELS)
     max_answer_refs: int = 5  # references beyond the first five are ignored

@@ -62,6 +62,7 @@ class _Live:
     loss_mask: list[int]
     sampled: list[int]
     logprobs: list[float]
+    prompt_len: int = 0  # tokens of the first prompt (responses are counted after it)
     tool_calls: int = 0
     tool_errors: int = 0
     future: cf.Future | None = None
@@ -123,12 +124,12 @@ class RolloutEngine:
         episode = Episode(task.prompt, self.today, self.limits)
         prompt = self.tok.render_chat([_plain(m) for m in episode.messages], add_generation_prompt=True,
                                       image_pad_tokens=self.image_pad_tokens).ids
-        lv = _Live(task, episode, len(episode.messages), [], [], [], [])
+        lv = _Live(task, episode, len(episode.messages), [], [], [], [], prompt_len=len(prompt))
         lv.add(prompt, 0)
-        if not self._fits(len(prompt)):
+        if self._budget(lv) < 1:
             episode.abort(Termination.MAX_TOKENS)
             return lv
-        self.sampler.start(slot, prompt, self._budget(len(prompt)), seed=self._task_seed(task))
+        self.sampler.start(slot, prompt, self._budget(lv), seed=self._task_seed(task))
         return lv
 
     def _after_turn(self, slot: int, lv: _Live, turn: Turn) -> None:
@@ -163,25 +164,24 @@ class RolloutEngine:
         lv.rendered = len(lv.episode.messages)
         ids = self.tok.render_chat([_plain(m) for m in new], add_generation_prompt=True,
                                    image_pad_tokens=self.image_pad_tokens).ids
-        if not self._fits(len(lv.tokens) + len(ids)):  # the policy never sees what does not fit
+        if self._budget(lv, extra=len(ids)) < 1:  # the policy never sees what does not fit
             lv.episode.abort(Termination.MAX_TOKENS)
             return
         lv.add(ids, 0)
-        self.sampler.append(slot, lv.closing + ids, self._budget(len(lv.tokens)))
+        self.sampler.append(slot, lv.closing + ids, self._budget(lv))
 
     def _task_seed(self, task: Task) -> int | None:
         if self._seed is None:
             return None
         return zlib.crc32(f"{self._seed}/{task.prompt_id}/{task.group_index}".encode())
 
-    def _budget(self, length: int) -> int:
-        """Tokens the next turn may sample after `length` tokens, so that the conversation with
-        the turn's closing `<|im_end|>\\n` stays within the conversation limit and the cache."""
-        limit = min(self.limits.max_conversation_tokens, self.sampler.cache_len)
-        return min(self._turn_budget, limit - length - len(self._close_turn))
-
-    def _fits(self, length: int) -> bool:
-        return self._budget(length) >= 1
+    def _budget(self, lv: _Live, extra: int = 0) -> int:
+        """Tokens the next turn may sample after the conversation's tokens (and `extra` more about
+        to be added), so that with the turn's closing `<|im_end|>\\n` it stays within the conversation
+        limit, the response limit and the cache."""
+        limit = min(self.limits.max_conversation_tokens, self.sampler.cache_len,
+                    lv.prompt_len + self.limits.max_response_tokens)
+        return min(self._turn_budget, limit - len(lv.tokens) - extra - len(self._close_turn))
 
     def _finish(self, lv: _Live) -> Trajectory:
         ep = lv.episode

@@ -117,6 +117,9 @@ QWEN3_8B = Qwen3Config(
 )
 
 
+ARCHITECTURES = {"qwen3_8b": QWEN3_8B}  # by name, for planning without a checkpoint folder
+
+
 class KVCache(NamedTuple):
     """Keys and values of every layer and slot: [layers, slots, cache_len, kv_heads, head_dim]."""
 

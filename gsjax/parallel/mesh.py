@@ -74,17 +74,19 @@ def initialize_distributed() -> bool:
     return True
 
 
-def process_mesh(mesh: Mesh) -> Mesh:
-    """The block of `mesh` on this process's devices, with the same axes (the whole mesh on one
-    host). Each process samples on its block, asynchronously from the others; the mesh must give
-    each process a contiguous block (as `make_mesh` does, devices being ordered by process)."""
-    if jax.process_count() == 1:
-        return mesh
+def process_mesh(mesh: Mesh, process: int | None = None) -> Mesh:
+    """The block of `mesh` on one process's devices (this process's by default), with the same
+    axes; the whole mesh when all its devices are that process's. Each process samples on its
+    block, asynchronously from the others; the mesh must give each process a contiguous block (as
+    `make_mesh` does, devices being ordered by process)."""
+    process = jax.process_index() if process is None else process
     grid = mesh.devices
-    mine = np.vectorize(lambda d: d.process_index == jax.process_index())(grid)
+    mine = np.vectorize(lambda d: d.process_index == process)(grid)
+    if mine.all():
+        return mesh
     index = np.nonzero(mine)
     block = tuple(slice(int(i.min()), int(i.max()) + 1) for i in index)
     if not mine[block].all() or mine.sum() != mine[block].size:
-        raise ValueError(f"mesh {dict(mesh.shape)} does not give process {jax.process_index()} a contiguous block "
+        raise ValueError(f"mesh {dict(mesh.shape)} does not give process {process} a contiguous block "
                          "of devices; put tp within a host and data/fsdp across hosts")
     return Mesh(grid[block], mesh.axis_names, axis_types=(AxisType.Auto,) * len(mesh.axis_names))

@@ -120,7 +120,9 @@ class GRPOTrainer(TrainState):
                          micro_batch_tokens=cfg.micro_batch_tokens)
         self.cfg = cfg
         # A frozen copy of the starting policy for the KL term, placed like the parameters.
-        self.ref_params = jax.tree.map(jnp.copy, self.params) if cfg.loss.kl_coef else None
+        self.ref_params = None
+        if cfg.loss.kl_coef:
+            self.ref_params = self.params if self.abstract else jax.tree.map(jnp.copy, self.params)
 
     def step(self, samples: Sequence[Sample]) -> dict[str, float]:
         """One update on this process's samples (every process calls it with its own)."""

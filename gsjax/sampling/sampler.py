@@ -42,6 +42,9 @@ from gsjax.parallel import SAMPLER_RULES, localize, logical_to_spec, state_shard
 from gsjax.sampling.logits import SamplingParams, sample, token_logprob
 
 
+PREFILL_BUCKETS = (16, 32, 64, 128, 256, 512)  # tokens per row of one prefill call (longer inserts are chunked)
+
+
 class FinishReason(str, enum.Enum):
     STOP_TOKEN = "stop_token"
     STOP_STRING = "stop_string"
@@ -99,7 +102,7 @@ class Sampler:
         stop_token_ids: Sequence[int] = (),
         stop_strings: Sequence[str] = (),
         decode: Callable[[list[int]], str] | None = None,
-        prefill_buckets: Sequence[int] = (16, 32, 64, 128, 256, 512),
+        prefill_buckets: Sequence[int] = PREFILL_BUCKETS,
         chunk: int = 16,
         seed: int = 0,
         mesh: jax.sharding.Mesh | None = None,
@@ -469,7 +472,7 @@ class SamplerPrograms:
     def abstract_decode_inputs(self) -> tuple:
         n = self.num_slots
         i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=self._rep)  # noqa: E731
-        key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=self._rep)
+        key = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype, sharding=self._rep)
         return (self.abstract_cache(), i32(n), i32(n), jax.ShapeDtypeStruct((n,), jnp.bool_, sharding=self._rep),
                 i32(n), i32(n), i32(self.chunk, n), key)
 

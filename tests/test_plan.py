@@ -1,0 +1,75 @@
+"""`python -m gsjax.plan`: compiled ahead of time for a Cloud TPU v5p-8 (libtpu, no TPU), a
+mid-size model's programs fit, shard their KV cache and never hold [batch, length, vocab] logits;
+a config that cannot fit is refused with exit status 1."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Qwen3-like, 0.2 B parameters: the 8B preset's settings (scan, remat, splash, vocab chunks,
+# token-budget micro-batches, fsdp x tp) at a size that compiles in a minute on 2 cores.
+MID = ["--config=configs/grpo.py:qwen3_8b", "--config.model.architecture=", "--config.model.tiny.vocab_size=32768",
+       "--config.model.tiny.hidden_size=1024", "--config.model.tiny.intermediate_size=3072",
+       "--config.model.tiny.num_layers=4", "--config.model.tiny.num_heads=8", "--config.model.tiny.num_kv_heads=4",
+       "--config.model.tiny.head_dim=128", "--config.model.tiny.tie_embeddings=false", "--config.rl.cache_len=8192",
+       "--config.rl.num_slots=8", "--config.rl.micro_batch_tokens=8192", "--config.model.cache_block=2048"]
+
+
+def _plan(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    pytest.importorskip("libtpu", reason="compiling for TPU topologies needs the tpu extra (make test installs it)")
+    out = tmp_path / "plan.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-m", "gsjax.plan", *args, f"--json={out}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    return proc, (json.loads(out.read_text()) if out.is_file() else {})
+
+
+@pytest.mark.slow
+def test_a_mid_size_config_fits_a_v5p_8_with_a_sharded_cache_and_no_vocab_sized_logits(tmp_path):
+    proc, doc = _plan(tmp_path, "--topology=v5p-8", *MID)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    programs = {p["name"]: p for p in doc["programs"]}
+    assert set(programs) == {"rollout prefill", "rollout decode", "grpo update"}
+    assert doc["fits"] and "fits" in proc.stdout and "DOES NOT FIT" not in proc.stdout
+    for p in programs.values():
+        assert 0 < p["total"] <= doc["hbm_bytes"] and p["flops"] > 0
+
+    # The KV cache: 4 layers x 8 slots x 8192 x 4 kv heads x 128 x bf16, keys and values, split over
+    # the 4 chips (slots over fsdp, kv heads over tp), not replicated on each.
+    cache = 2 * 4 * 8 * 8192 * 4 * 128 * 2
+    decode = programs["rollout decode"]
+    assert decode["roles"]["KV cache"] == cache // 4
+    assert "fsdp" in decode["shardings"]["KV cache"] and "tp" in decode["shardings"]["KV cache"]
+
+    # The update's temporaries stay far below the fp32 logits of one micro-batch's rows on a chip
+    # ([1 row, 8192 tokens, 32768 vocab] x 4 bytes = 1 GiB): log-probabilities go in vocabulary chunks.
+    update = programs["grpo update"]
+    assert "32 micro-batches x 2 rows x 8192 tokens" in update["note"]
+    assert update["temp"] < 8192 * 32768 * 4
+    assert "resident during a GRPO step" in proc.stdout
+
+
+@pytest.mark.slow
+def test_a_config_that_cannot_fit_is_refused(tmp_path):
+    # 2,048 conversations of 32,768 tokens: a 128 GiB cache per chip.
+    proc, doc = _plan(tmp_path, "--topology=v5p-8", *MID, "--config.rl.num_slots=2048", "--config.rl.cache_len=32768",
+                      "--programs=rollout", "--no-flops")
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "DOES NOT FIT" in proc.stdout and doc["fits"] is False
+
+
+def test_topologies_and_their_errors():
+    from gsjax.plan import TOPOLOGIES, parse_topology
+
+    assert (TOPOLOGIES["v5p-16"].chips, TOPOLOGIES["v5p-16"].topology_name) == (8, "v5:2x2x2")
+    assert (TOPOLOGIES["v6e-8"].chips, TOPOLOGIES["v6e-8"].topology_name) == (8, "v6e:2x4")
+    assert parse_topology("cpu:8").chips == 8
+    with pytest.raises(SystemExit, match="unknown --topology 'v9-1'"):
+        parse_topology("v9-1")
