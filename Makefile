@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # on a machine without a TPU prints libtpu's initialisation errors; JAX_PLATFORMS=cpu silences them.
 # On an accelerator, let jax choose: `make run JAX_PLATFORMS=` (or JAX_PLATFORMS=tpu / cuda).
 JAX_PLATFORMS ?= cpu
-run test: export JAX_PLATFORMS := $(JAX_PLATFORMS)
+run test bench: export JAX_PLATFORMS := $(JAX_PLATFORMS)
 
 .PHONY: install install-tpu run test bench clean chromium
 

@@ -22,30 +22,11 @@
 # stops them all. Exit 0 only if every process succeeded. Needs bash >= 4.4.
 set -uo pipefail
 
-me=${0##*/}
-die() { printf '%s: %s\n' "$me" "$*" >&2; exit 2; }
-usage() { printf 'usage: %s [--dry-run] HOSTS_FILE -- CMD...\n' "$me" >&2; exit 2; }
-
-# POSIX shell quoting, as Python's shlex.quote: works in sh, bash, zsh, dash.
-q() {
-  if [[ -n $1 && $1 =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\"\'\"\'}"
-  fi
-}
-qwords() { local w out=(); for w in "$@"; do out+=("$(q "$w")"); done; printf '%s' "${out[*]}"; }
-
-dry_run=0
-while [[ $# -gt 0 ]]; do
-  case $1 in
-    --dry-run) dry_run=1; shift ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    --) break ;;
-    -*) printf '%s: unknown option %s\n' "$me" "$1" >&2; usage ;;
-    *) break ;;
-  esac
-done
+usage_line="[--dry-run] HOSTS_FILE -- CMD..."
+help_lines="2,22p"
+source "$(dirname "$0")/common.sh"
+parse_options "$@"
+set -- "${args[@]}"
 [[ $# -ge 1 ]] || usage
 hosts_file=$1; shift
 [[ ${1:-} == -- ]] && shift

@@ -12,30 +12,11 @@
 # GSJAX_GCLOUD_FLAGS: extra gcloud flags, split on spaces (e.g. "--project=P --internal-ip").
 set -euo pipefail
 
-me=${0##*/}
-die() { printf '%s: %s\n' "$me" "$*" >&2; exit 2; }
-usage() { printf 'usage: %s [--dry-run] NAME ZONE -- CMD...\n' "$me" >&2; exit 2; }
-
-# POSIX shell quoting, as Python's shlex.quote: works in sh, bash, zsh, dash.
-q() {
-  if [[ -n $1 && $1 =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\"\'\"\'}"
-  fi
-}
-qwords() { local w out=(); for w in "$@"; do out+=("$(q "$w")"); done; printf '%s' "${out[*]}"; }
-
-dry_run=0
-while [[ $# -gt 0 ]]; do
-  case $1 in
-    --dry-run) dry_run=1; shift ;;
-    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    --) break ;;
-    -*) printf '%s: unknown option %s\n' "$me" "$1" >&2; usage ;;
-    *) break ;;
-  esac
-done
+usage_line="[--dry-run] NAME ZONE -- CMD..."
+help_lines="2,12p"
+source "$(dirname "$0")/common.sh"
+parse_options "$@"
+set -- "${args[@]}"
 [[ $# -ge 2 && $1 != -- && $2 != -- ]] || usage
 name=$1 zone=$2; shift 2
 [[ $name != -* && $zone != -* ]] || usage

@@ -50,6 +50,22 @@ def test_exported_checkpoint_loads_in_transformers_with_same_logits(checkpoint, 
     np.testing.assert_allclose(_torch_logits(reloaded, tokens), np.asarray(ours(jnp.asarray(tokens))), atol=1e-5, rtol=0)
 
 
+def test_scanned_layers_load_and_export_the_same_checkpoint(checkpoint, tmp_path):
+    """With scan_layers the layers' tensors load into stacked parameters (the sampler's and the
+    8B learner's layout); logits match transformers and the export loads back in transformers."""
+    hf_model, folder = checkpoint
+    tokens = _tokens(seed=2)
+    scanned = hf_io.load_model(folder, scan_layers=True, remat="full")
+    assert scanned.layers.mlp.up_proj[...].shape[0] == scanned.cfg.num_layers
+    np.testing.assert_allclose(np.asarray(scanned(jnp.asarray(tokens))), _torch_logits(hf_model, tokens), atol=1e-4,
+                               rtol=0)
+    hf_io.save_model(scanned, tmp_path / "export")
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "export").eval()
+    np.testing.assert_allclose(_torch_logits(reloaded, tokens), _torch_logits(hf_model, tokens), atol=1e-6, rtol=0)
+    with pytest.raises(TypeError, match="unknown setting"):
+        hf_io.load_model(folder, scan=True)
+
+
 def test_greedy_32_tokens_identical_to_transformers_generate(checkpoint):
     hf_model, folder = checkpoint
     prompts = [p.tolist() for p in (_tokens(1, n, seed=n)[0] for n in (4, 9, 23))]
