@@ -28,13 +28,13 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from gsjax.models.qwen3 import Qwen3
+from gsjax.models.interface import CausalLM
 from gsjax.parallel import allgather_rows, logical_to_spec, make_mesh, state_shardings
 
 # loss_fn(model, micro_batch, aux) -> (loss, metrics), each a sum over the micro-batch's tokens of
 # globally normalised weights; gradients flow through the loss only. `aux` is anything else the
 # step takes as input (e.g. a frozen reference policy's parameters), or None.
-LossFn = Callable[[Qwen3, Mapping[str, jax.Array], Any], tuple[jax.Array, dict[str, jax.Array]]]
+LossFn = Callable[[CausalLM, Mapping[str, jax.Array], Any], tuple[jax.Array, dict[str, jax.Array]]]
 ROW_AXES = (None, "act_batch", "act_len")  # [micro-batch, row, token]
 
 
@@ -52,7 +52,7 @@ def _with_shardings(abstract: Any, shardings: Any) -> Any:
 
 
 class TrainState:
-    def __init__(self, model: Qwen3, tx: optax.GradientTransformation, loss_fn: LossFn, *,
+    def __init__(self, model: CausalLM, tx: optax.GradientTransformation, loss_fn: LossFn, *,
                  mesh: Mesh | None = None, micro_batch_tokens: int = 0):
         self.mesh = mesh if mesh is not None else make_mesh({"data": 1}, jax.devices()[:1])
         self.tx, self.loss_fn = tx, loss_fn
@@ -77,7 +77,7 @@ class TrainState:
         self._steps: dict[Any, Callable] = {}
 
     @property
-    def model(self) -> Qwen3:
+    def model(self) -> CausalLM:
         return nnx.merge(self.graphdef, self.params)
 
     # ------------------------------------------------------------------ batches

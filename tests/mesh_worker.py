@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 
+from gsjax.models.interface import ModelInput  # noqa: E402
 from gsjax.models.losses import masked_mean_nll, token_logprobs  # noqa: E402
 from gsjax.models.qwen3 import Qwen3, tiny_config  # noqa: E402
 from gsjax.parallel import logical_to_spec, make_mesh, shard_module  # noqa: E402
@@ -35,7 +36,7 @@ def batch():
 
 
 def loss_fn(model, tokens, segments, mask):
-    return masked_mean_nll(token_logprobs(model, tokens, segment_ids=segments), mask)
+    return masked_mean_nll(token_logprobs(model, ModelInput(tokens, segment_ids=segments)), mask)
 
 
 @jax.jit
@@ -98,7 +99,7 @@ def main():
     hf_io.save_model(sharded, folder)
     reloaded = hf_io.load_model(folder)
     tokens = jnp.asarray(batch()[0])
-    same = bool(np.array_equal(np.asarray(reloaded(tokens)), np.asarray(Qwen3(CFG, rngs=nnx.Rngs(0))(tokens))))
+    same = bool(np.array_equal(np.asarray(reloaded(ModelInput(tokens))), np.asarray(Qwen3(CFG, rngs=nnx.Rngs(0))(ModelInput(tokens)))))
     placed = hf_io.load_model(folder, mesh)
     spec = str(placed.layers[0].mlp.gate_proj[...].sharding.spec)
     print(json.dumps({"export_from_mesh_same": same, "loaded_gate_spec": spec}), flush=True)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from gsjax.models.interface import ModelInput
 from gsjax.models.qwen3 import Qwen3, tiny_config
 from gsjax.rl.grpo import LossConfig
 from gsjax.rl.trainer import GRPOConfig, GRPOTrainer, Sample, make_rows, step_statistics
@@ -18,7 +19,7 @@ TARGET = 17  # the completion the reward pays for
 def _p_target(model):
     probs = []
     for p in PROMPTS:
-        logits = model(jnp.asarray([p]))[0, -1]
+        logits = model(ModelInput(jnp.asarray([p])))[0, -1]
         probs.append(float(jax.nn.softmax(logits)[TARGET]))
     return float(np.mean(probs))
 

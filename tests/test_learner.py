@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from gsjax.models.interface import ModelInput
 from gsjax.models.losses import target_logprobs, token_logprobs
 from gsjax.models.qwen3 import Qwen3, tiny_config
 from gsjax.rl.grpo import LossConfig
@@ -55,11 +56,12 @@ def test_how_the_model_runs_does_not_change_logits_or_gradients(run):
     base = Qwen3(CFG, rngs=nnx.Rngs(0))
     other = Qwen3(dataclasses.replace(CFG, **run), rngs=nnx.Rngs(0))  # same seed, same initial values
     real = np.asarray(segments) > 0
-    a, b = base(tokens, positions, segments), other(tokens, positions, segments)
+    inputs = ModelInput(tokens, positions, segments)
+    a, b = base(inputs), other(inputs)
     np.testing.assert_allclose(np.asarray(b)[real], np.asarray(a)[real], atol=1e-5)
 
     def loss(m):
-        return token_logprobs(m, tokens, positions=positions, segment_ids=segments).sum()
+        return token_logprobs(m, ModelInput(tokens, positions, segments)).sum()
 
     ga = _flat_grads(base, loss)
     gb = _flat_grads(other, loss)
@@ -144,7 +146,7 @@ def test_micro_batched_step_equals_the_unbatched_one(agg):
         mask[i, :len(s.tokens)] = 0 if s.failed else s.loss_mask
     adv = group_advantages(np.array([s.reward for s in samples]), np.array([str(s.group) for s in samples]),
                            np.array([not s.failed for s in samples]))
-    logp = token_logprobs(model, jnp.asarray(tokens), temperature=0.9)
+    logp = token_logprobs(model, ModelInput(jnp.asarray(tokens)), temperature=0.9)
     ref, _ = policy_loss(logp, jax.lax.stop_gradient(logp), jnp.asarray(adv), jnp.asarray(mask), loss_cfg)
     assert loss_a == pytest.approx(float(ref), abs=1e-5)
 

@@ -9,6 +9,7 @@ import torch
 import transformers
 from hf_fixtures import make_hf_model, save_hf_model
 
+from gsjax.models.interface import ModelInput
 from gsjax.models import hf_io
 from gsjax.models.qwen3 import Qwen3, tiny_config
 from gsjax.sampling import Sampler, SamplingParams
@@ -37,7 +38,7 @@ def test_loaded_logits_match_transformers_fp32(checkpoint):
     hf_model, folder = checkpoint
     tokens = _tokens()
     ours = hf_io.load_model(folder)
-    np.testing.assert_allclose(np.asarray(ours(jnp.asarray(tokens))), _torch_logits(hf_model, tokens), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(np.asarray(ours(ModelInput(jnp.asarray(tokens)))), _torch_logits(hf_model, tokens), atol=1e-4, rtol=0)
 
 
 def test_exported_checkpoint_loads_in_transformers_with_same_logits(checkpoint, tmp_path):
@@ -47,7 +48,7 @@ def test_exported_checkpoint_loads_in_transformers_with_same_logits(checkpoint, 
     hf_io.save_model(ours, tmp_path / "export")
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "export").eval()
     assert type(reloaded) is type(hf_model)
-    np.testing.assert_allclose(_torch_logits(reloaded, tokens), np.asarray(ours(jnp.asarray(tokens))), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(_torch_logits(reloaded, tokens), np.asarray(ours(ModelInput(jnp.asarray(tokens)))), atol=1e-5, rtol=0)
 
 
 def test_scanned_layers_load_and_export_the_same_checkpoint(checkpoint, tmp_path):
@@ -57,7 +58,7 @@ def test_scanned_layers_load_and_export_the_same_checkpoint(checkpoint, tmp_path
     tokens = _tokens(seed=2)
     scanned = hf_io.load_model(folder, scan_layers=True, remat="full")
     assert scanned.layers.mlp.up_proj[...].shape[0] == scanned.cfg.num_layers
-    np.testing.assert_allclose(np.asarray(scanned(jnp.asarray(tokens))), _torch_logits(hf_model, tokens), atol=1e-4,
+    np.testing.assert_allclose(np.asarray(scanned(ModelInput(jnp.asarray(tokens)))), _torch_logits(hf_model, tokens), atol=1e-4,
                                rtol=0)
     hf_io.save_model(scanned, tmp_path / "export")
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "export").eval()
@@ -87,7 +88,7 @@ def test_sharded_checkpoint_with_index_loads(tmp_path):
     assert len(list(folder.glob("model-*.safetensors"))) > 1
     tokens = _tokens()
     ours = hf_io.load_model(folder)
-    np.testing.assert_allclose(np.asarray(ours(jnp.asarray(tokens))), _torch_logits(hf_model, tokens), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(np.asarray(ours(ModelInput(jnp.asarray(tokens)))), _torch_logits(hf_model, tokens), atol=1e-4, rtol=0)
 
 
 def test_our_own_sharded_export_round_trips(tmp_path):
@@ -99,7 +100,7 @@ def test_our_own_sharded_export_round_trips(tmp_path):
     assert len(set(index["weight_map"].values())) > 1
     again = hf_io.load_model(tmp_path / "out")
     tokens = jnp.asarray(_tokens())
-    np.testing.assert_array_equal(np.asarray(model(tokens % 512)), np.asarray(again(tokens % 512)))
+    np.testing.assert_array_equal(np.asarray(model(ModelInput(tokens % 512))), np.asarray(again(ModelInput(tokens % 512))))
 
 
 def test_bf16_load_runs_close_to_fp32(checkpoint):
@@ -107,7 +108,7 @@ def test_bf16_load_runs_close_to_fp32(checkpoint):
     tokens = _tokens()
     bf16 = hf_io.load_model(folder, dtype="bfloat16", param_dtype="bfloat16")
     assert bf16.embed[...].dtype == jnp.bfloat16
-    logits = np.asarray(bf16(jnp.asarray(tokens)))
+    logits = np.asarray(bf16(ModelInput(jnp.asarray(tokens))))
     assert logits.dtype == np.float32
     np.testing.assert_allclose(logits, _torch_logits(hf_model, tokens), atol=0.05)
 
@@ -148,7 +149,7 @@ def test_unknown_architecture_names_field_and_supported(good_folder):
     cfg = json.loads((good_folder / "config.json").read_text())
     cfg["architectures"] = ["LlamaForCausalLM"]
     (good_folder / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(hf_io.CheckpointError, match=r"'architectures' is \['LlamaForCausalLM'\]; expected one of \['Qwen2ForCausalLM', 'Qwen3ForCausalLM'\]"):
+    with pytest.raises(hf_io.CheckpointError, match=r"'architectures' is \['LlamaForCausalLM'\]; expected one of \['Qwen2ForCausalLM', 'Qwen3ForCausalLM', 'Qwen3VLForConditionalGeneration'\]"):
         hf_io.load_model(good_folder)
 
 

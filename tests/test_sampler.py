@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from gsjax.models.interface import ModelInput
 from gsjax.models.losses import token_logprobs
 from gsjax.models.qwen3 import Qwen3, tiny_config
 from gsjax.sampling import FinishReason, Sampler, SamplingParams, sample
@@ -24,12 +25,12 @@ def _prompt(n, seed):
 
 @nnx.jit
 def _full_logits(model, tokens):
-    return model(tokens)
+    return model(ModelInput(tokens))
 
 
 @nnx.jit
 def _logprobs_t08(model, tokens):
-    return token_logprobs(model, tokens, temperature=0.8)
+    return token_logprobs(model, ModelInput(tokens), temperature=0.8)
 
 
 def _greedy_reference(model, ids, n, width=128):

@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from gsjax.agent.tools import ToolsConfig, build_toolbox
+from gsjax.models.interface import ModelInput
 from gsjax.models.losses import token_logprobs
 from gsjax.models.qwen3 import Qwen3, tiny_config
 from gsjax.sft.data import Encoded, batches, encode, pack
@@ -39,9 +40,9 @@ def test_packed_rows_score_each_example_as_if_alone():
     b = Encoded(rs.randint(0, 64, 7).tolist(), [0] * 3 + [1] * 4)
     batch = pack([a, b], row_len=20)
     assert batch.tokens.shape == (1, 20) and batch.segment_ids[0].tolist() == [1] * 9 + [2] * 7 + [0] * 4
-    packed = np.asarray(token_logprobs(model, jnp.asarray(batch.tokens), positions=jnp.asarray(batch.positions),
-                                       segment_ids=jnp.asarray(batch.segment_ids)))[0]
-    alone_b = np.asarray(token_logprobs(model, jnp.asarray([b.ids])))[0]
+    packed = np.asarray(token_logprobs(model, ModelInput(jnp.asarray(batch.tokens), jnp.asarray(batch.positions),
+                                                         jnp.asarray(batch.segment_ids))))[0]
+    alone_b = np.asarray(token_logprobs(model, ModelInput(jnp.asarray([b.ids]))))[0]
     np.testing.assert_allclose(packed[10:16], alone_b[1:], atol=1e-5)  # b's tokens after its first
     assert batch.loss_mask[0].tolist() == a.mask + b.mask + [0] * 4
     with pytest.raises(ValueError, match="does not fit a row of 4"):

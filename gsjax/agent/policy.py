@@ -19,7 +19,7 @@ from gsjax.agent.protocol import AgentLimits
 from gsjax.agent.rollout import RolloutEngine
 from gsjax.fileio import atomic_write
 from gsjax.models.hf_io import load_model, save_model
-from gsjax.models.qwen3 import Qwen3
+from gsjax.models.interface import CausalLM
 from gsjax.parallel import barrier, is_primary
 from gsjax.sampling import Sampler, SamplingParams
 from gsjax.tokenizer import Tokenizer
@@ -30,7 +30,7 @@ STOP_STRINGS = ("</answer>",)  # </tool_call> is a single token: a stop token id
 
 @dataclasses.dataclass
 class Policy:
-    model: Qwen3
+    model: CausalLM
     tokenizer: Tokenizer
     limits: AgentLimits = AgentLimits()
     sampling: SamplingParams = SamplingParams(temperature=0.7, top_p=0.95)  # the reference's rollout

@@ -31,6 +31,7 @@ import torch
 from flax import nnx
 
 from gsjax.bench.common import Ratio, add_model_flags, interleaved, model_config, print_table, twin_models
+from gsjax.models.interface import ModelInput
 from gsjax.models.losses import masked_mean_nll, token_logprobs
 from gsjax.models.qwen3 import Qwen3
 
@@ -45,13 +46,13 @@ class TrainStepBench:
 def next_token_loss(model: Qwen3, tokens: jax.Array) -> jax.Array:
     """Mean cross entropy of tokens[:, 1:] given their prefixes (what HF's `labels=tokens` computes),
     as optax's fused softmax cross entropy."""
-    return optax.softmax_cross_entropy_with_integer_labels(model(tokens)[:, :-1], tokens[:, 1:]).mean()
+    return optax.softmax_cross_entropy_with_integer_labels(model(ModelInput(tokens))[:, :-1], tokens[:, 1:]).mean()
 
 
 def next_token_loss_via_logprobs(model: Qwen3, tokens: jax.Array) -> jax.Array:
     """The same loss through gsjax.models.losses (the learner's per-token log-probabilities)."""
     mask = jnp.ones(tokens.shape, jnp.float32).at[:, 0].set(0.0)  # position 0 has no prefix
-    return masked_mean_nll(token_logprobs(model, tokens), mask)
+    return masked_mean_nll(token_logprobs(model, ModelInput(tokens)), mask)
 
 
 LOSSES = {"optax": next_token_loss, "token_logprobs": next_token_loss_via_logprobs}

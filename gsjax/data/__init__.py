@@ -1,1 +1,2 @@
-"""Data: the released formats (formats.py); pipelines and synthesis come later."""
+"""Data: the released formats (formats.py), packing of learner rows (packing.py), teacher-data
+synthesis (synthesize.py) and Qwen3-VL image preprocessing (images.py)."""

@@ -23,25 +23,29 @@ from jax.sharding import Mesh, NamedSharding
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from gsjax.models.layout import CheckpointError, TensorMap, same, transposed
 from gsjax.models.qwen3 import Qwen3, Qwen3Config
+from gsjax.models.qwen3_vl import Qwen3VL, Qwen3VLConfig
+from gsjax.models.qwen3_vl_vision import VisionConfig, vision_tensor_layout
 from gsjax.parallel import logical_to_spec
 
-SUPPORTED_ARCHITECTURES = {"Qwen3ForCausalLM": "qwen3", "Qwen2ForCausalLM": "qwen2"}
+VL_ARCHITECTURE = "Qwen3VLForConditionalGeneration"
+SUPPORTED_ARCHITECTURES = {"Qwen3ForCausalLM": "qwen3", "Qwen2ForCausalLM": "qwen2", VL_ARCHITECTURE: "qwen3_vl"}
+ModelConfig = Qwen3Config | Qwen3VLConfig
+Model = Qwen3 | Qwen3VL
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 # Buffers some exporters write that carry no learned state.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
-class CheckpointError(ValueError):
-    """A checkpoint folder that does not describe a model gsjax can load."""
-
-
 # ----------------------------------------------------------------------------- config
 
 
-def config_from_hf(hf: dict[str, Any], source: str = "config.json", **overrides: Any) -> Qwen3Config:
-    """Translate a Hugging Face config dict into a Qwen3Config, naming any field that is wrong."""
+def config_from_hf(hf: dict[str, Any], source: str = "config.json", **overrides: Any) -> ModelConfig:
+    """Translate a Hugging Face config dict into a Qwen3Config (causal LMs) or a Qwen3VLConfig,
+    naming any field that is wrong; `overrides` set RUN_FIELDS (of the decoder, and the dtypes of
+    a vision tower too)."""
     archs = hf.get("architectures") or []
     arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
     if arch is None:
@@ -49,7 +53,28 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json", **overrides:
             f"{source}: field 'architectures' is {archs!r}; expected one of {sorted(SUPPORTED_ARCHITECTURES)}"
         )
     family = SUPPORTED_ARCHITECTURES[arch]
+    if family != "qwen3_vl":
+        return _decoder_config(hf, source, family, bool(hf.get("tie_word_embeddings", False)), **overrides)
+    if not isinstance(hf.get("text_config"), dict) or not isinstance(hf.get("vision_config"), dict):
+        raise CheckpointError(f"{source}: a {arch} config needs 'text_config' and 'vision_config' objects")
+    text = hf["text_config"]
+    tie = bool(hf.get("tie_word_embeddings", text.get("tie_word_embeddings", False)))
+    decoder = _decoder_config(text, f"{source}: text_config", "qwen3", tie, multimodal=True, **overrides)
+    dtypes = {k: v for k, v in overrides.items() if k in ("dtype", "param_dtype")}
+    vision = VisionConfig.from_hf(hf["vision_config"], f"{source}: vision_config", **dtypes)
+    ids = {}
+    for key in ("image_token_id", "vision_start_token_id", "vision_end_token_id", "video_token_id"):
+        if not isinstance(hf.get(key), int):
+            raise CheckpointError(f"{source}: field {key!r} is {hf.get(key)!r}; expected a token id")
+        ids[key] = hf[key]
+    try:
+        return Qwen3VLConfig(decoder, vision, **ids)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: {e}") from e
 
+
+def _decoder_config(hf: dict[str, Any], source: str, family: str, tie: bool, *, multimodal: bool = False,
+                    **overrides: Any) -> Qwen3Config:
     def need(key: str) -> Any:
         if key not in hf:
             raise CheckpointError(f"{source}: required field {key!r} is missing")
@@ -74,17 +99,47 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json", **overrides:
         head_dim=int(hf.get("head_dim") or hidden // heads),
         rope_theta=float(theta),
         rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        tie_embeddings=tie,
         attention_bias=bool(hf.get("attention_bias", family == "qwen2")),
         qk_norm=family == "qwen3",
         max_position_embeddings=int(hf.get("max_position_embeddings", 40960)),
         family=family,
     )
+    if multimodal:  # Qwen3-VL: interleaved multimodal RoPE, whatever mrope_interleaved says
+        section = rope.get("mrope_section")
+        if not isinstance(section, list) or len(section) != 3:
+            raise CheckpointError(f"{source}: rope_parameters.mrope_section is {section!r}; expected 3 counts")
+        cfg.update(mrope_section=tuple(int(n) for n in section), mrope_interleaved=True)
     cfg.update(overrides)
-    return Qwen3Config(**cfg)
+    try:
+        return Qwen3Config(**cfg)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: {e}") from e
 
 
-def config_to_hf(cfg: Qwen3Config) -> dict[str, Any]:
+def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
+    if isinstance(cfg, Qwen3VLConfig):
+        text = _decoder_to_hf(cfg.text)
+        for key in ("architectures", "tie_word_embeddings", "dtype", "use_sliding_window", "rope_theta"):
+            text.pop(key)
+        text["model_type"] = "qwen3_vl_text"
+        text["rope_parameters"].update(mrope_section=list(cfg.text.mrope_section), mrope_interleaved=True)
+        return {
+            "architectures": [VL_ARCHITECTURE],
+            "model_type": "qwen3_vl",
+            "text_config": text,
+            "vision_config": cfg.vision.to_hf(),
+            "image_token_id": cfg.image_token_id,
+            "video_token_id": cfg.video_token_id,
+            "vision_start_token_id": cfg.vision_start_token_id,
+            "vision_end_token_id": cfg.vision_end_token_id,
+            "tie_word_embeddings": cfg.text.tie_embeddings,
+            "dtype": cfg.text.param_dtype,
+        }
+    return _decoder_to_hf(cfg)
+
+
+def _decoder_to_hf(cfg: Qwen3Config) -> dict[str, Any]:
     arch = {v: k for k, v in SUPPORTED_ARCHITECTURES.items()}[cfg.family]
     hf = {
         "architectures": [arch],
@@ -120,7 +175,7 @@ def read_json(path: Path, expected: str = "a Hugging Face checkpoint folder") ->
         raise CheckpointError(f"{path}: not valid JSON ({e})") from e
 
 
-def load_config(folder: str | Path, **overrides: Any) -> Qwen3Config:
+def load_config(folder: str | Path, **overrides: Any) -> ModelConfig:
     path = Path(folder) / "config.json"
     return config_from_hf(read_json(path), str(path), **overrides)
 
@@ -128,27 +183,10 @@ def load_config(folder: str | Path, **overrides: Any) -> Qwen3Config:
 # ----------------------------------------------------------------------------- tensor layout
 
 
-@dataclasses.dataclass(frozen=True)
-class TensorMap:
-    """One Hugging Face tensor and where it lives in the NNX model."""
-
-    hf_name: str
-    path: tuple[Any, ...]  # the NNX state path
-    hf_shape: tuple[int, ...]
-    to_ours: Callable[[np.ndarray], np.ndarray]
-    to_hf: Callable[[np.ndarray], np.ndarray]
-    layer: int | None = None  # the tensor is entry `layer` of a stacked (scanned) parameter
-
-
-def _same(x: np.ndarray) -> np.ndarray:
-    return x
-
-
-def _t(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x.T)
-
-
-def tensor_layout(cfg: Qwen3Config) -> list[TensorMap]:
+def tensor_layout(cfg: Qwen3Config, prefix: str = "model.", at: tuple[Any, ...] = (),
+                  head: str = "lm_head.weight") -> list[TensorMap]:
+    """The decoder's tensors: Hugging Face names start with `prefix` (the output projection is
+    `head`), NNX paths with `at` (where the decoder sits inside a larger model)."""
     e, h, kv, d, m, v = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
                          cfg.intermediate_size, cfg.vocab_size)
 
@@ -162,30 +200,30 @@ def tensor_layout(cfg: Qwen3Config) -> list[TensorMap]:
     out_proj = (lambda w: np.ascontiguousarray(w.reshape(e, h, d).transpose(1, 2, 0)),
                 lambda w: np.ascontiguousarray(w.transpose(2, 0, 1).reshape(e, h * d)))
 
-    maps = [TensorMap("model.embed_tokens.weight", ("embed",), (v, e), _same, _same),
-            TensorMap("model.norm.weight", ("norm", "scale"), (e,), _same, _same)]
+    maps = [TensorMap(prefix + "embed_tokens.weight", at + ("embed",), (v, e), same, same),
+            TensorMap(prefix + "norm.weight", at + ("norm", "scale"), (e,), same, same)]
     if not cfg.tie_embeddings:
-        maps.append(TensorMap("lm_head.weight", ("lm_head",), (v, e), _t, _t))
+        maps.append(TensorMap(head, at + ("lm_head",), (v, e), transposed, transposed))
     has_bias = cfg.attention_bias or cfg.family == "qwen2"
     for i in range(cfg.num_layers):
-        p = f"model.layers.{i}."
+        p = f"{prefix}layers.{i}."
         # Scanned layers keep one stacked parameter per name; the tensor is its entry i.
-        at, layer = (("layers",), i) if cfg.scan_layers else (("layers", i), None)
-        a = at + ("self_attn",)
+        lp, layer = (at + ("layers",), i) if cfg.scan_layers else (at + ("layers", i), None)
+        a = lp + ("self_attn",)
 
         def tm(name, path, shape, to_ours, to_hf):
             return TensorMap(p + name, path, shape, to_ours, to_hf, layer)
 
         maps += [
-            tm("input_layernorm.weight", at + ("input_layernorm", "scale"), (e,), _same, _same),
-            tm("post_attention_layernorm.weight", at + ("post_attention_layernorm", "scale"), (e,), _same, _same),
+            tm("input_layernorm.weight", lp + ("input_layernorm", "scale"), (e,), same, same),
+            tm("post_attention_layernorm.weight", lp + ("post_attention_layernorm", "scale"), (e,), same, same),
             tm("self_attn.q_proj.weight", a + ("q_proj",), (h * d, e), *in_proj(h)),
             tm("self_attn.k_proj.weight", a + ("k_proj",), (kv * d, e), *in_proj(kv)),
             tm("self_attn.v_proj.weight", a + ("v_proj",), (kv * d, e), *in_proj(kv)),
             tm("self_attn.o_proj.weight", a + ("o_proj",), (e, h * d), *out_proj),
-            tm("mlp.gate_proj.weight", at + ("mlp", "gate_proj"), (m, e), _t, _t),
-            tm("mlp.up_proj.weight", at + ("mlp", "up_proj"), (m, e), _t, _t),
-            tm("mlp.down_proj.weight", at + ("mlp", "down_proj"), (e, m), _t, _t),
+            tm("mlp.gate_proj.weight", lp + ("mlp", "gate_proj"), (m, e), transposed, transposed),
+            tm("mlp.up_proj.weight", lp + ("mlp", "up_proj"), (m, e), transposed, transposed),
+            tm("mlp.down_proj.weight", lp + ("mlp", "down_proj"), (e, m), transposed, transposed),
         ]
         if has_bias:
             maps += [
@@ -195,8 +233,8 @@ def tensor_layout(cfg: Qwen3Config) -> list[TensorMap]:
             ]
         if cfg.qk_norm:
             maps += [
-                tm("self_attn.q_norm.weight", a + ("q_norm", "scale"), (d,), _same, _same),
-                tm("self_attn.k_norm.weight", a + ("k_norm", "scale"), (d,), _same, _same),
+                tm("self_attn.q_norm.weight", a + ("q_norm", "scale"), (d,), same, same),
+                tm("self_attn.k_norm.weight", a + ("k_norm", "scale"), (d,), same, same),
             ]
     return maps
 
@@ -312,20 +350,33 @@ def load_tensors_into(
 RUN_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat", "attention", "attention_block", "cache_block")
 
 
-def load_model(folder: str | Path, mesh: Mesh | None = None, *, progress: bool = False, **run: Any) -> Qwen3:
-    """Load a Qwen3 / Qwen2 checkpoint folder into an NNX model placed on `mesh`; `run` sets
-    RUN_FIELDS of its config (None or "" keeps the folder's / the default)."""
+def model_layout(cfg: ModelConfig) -> list[TensorMap]:
+    """Every tensor of the checkpoint a config describes."""
+    if isinstance(cfg, Qwen3VLConfig):
+        return (tensor_layout(cfg.text, "model.language_model.", ("language_model",))
+                + vision_tensor_layout(cfg.vision, "model.visual.", ("visual",)))
+    return tensor_layout(cfg)
+
+
+def build_model(cfg: ModelConfig, rngs: nnx.Rngs) -> Model:
+    return Qwen3VL(cfg, rngs=rngs) if isinstance(cfg, Qwen3VLConfig) else Qwen3(cfg, rngs=rngs)
+
+
+def load_model(folder: str | Path, mesh: Mesh | None = None, *, progress: bool = False, **run: Any) -> Model:
+    """Load a Qwen3 / Qwen2 / Qwen3-VL checkpoint folder into an NNX model placed on `mesh`; `run`
+    sets RUN_FIELDS of its (decoder's) config (None or "" keeps the folder's / the default)."""
     folder = Path(folder)
     unknown = sorted(set(run) - set(RUN_FIELDS))
     if unknown:
         raise TypeError(f"load_model: unknown setting(s) {unknown}; expected {RUN_FIELDS}")
     overrides = {k: v for k, v in run.items() if v is not None and v != ""}
     cfg = load_config(folder, **overrides)
+    text = cfg.text if isinstance(cfg, Qwen3VLConfig) else cfg
     return load_tensors_into(
-        lambda: Qwen3(cfg, rngs=nnx.Rngs(0)), folder, tensor_layout(cfg), file_index(folder),
-        mesh=mesh, param_dtype=cfg.param_dtype,
-        ignore=lambda n: cfg.tie_embeddings and n == "lm_head.weight",
-        what=f"{cfg.family} config {cfg}", progress=progress,
+        lambda: build_model(cfg, nnx.Rngs(0)), folder, model_layout(cfg), file_index(folder),
+        mesh=mesh, param_dtype=text.param_dtype,
+        ignore=lambda n: text.tie_embeddings and n == "lm_head.weight",
+        what=f"{type(cfg).__name__} {cfg}", progress=progress,
     )
 
 
@@ -394,14 +445,14 @@ def gather_tensors(module: nnx.Module, layout: Sequence[TensorMap]) -> dict[str,
     return out
 
 
-def save_model(model: Qwen3, folder: str | Path, *, max_shard_bytes: int = 5 * 2**30) -> Path:
+def save_model(model: Model, folder: str | Path, *, max_shard_bytes: int = 5 * 2**30) -> Path:
     """Write `model` as a Hugging Face folder that transformers' from_pretrained loads.
 
     Only process 0 writes; every process takes part in gathering sharded parameters.
     """
     folder = Path(folder)
-    cfg = model.cfg
-    tensors = gather_tensors(model, tensor_layout(cfg))
+    cfg = model.vl_cfg if isinstance(model, Qwen3VL) else model.cfg
+    tensors = gather_tensors(model, model_layout(cfg))
     if jax.process_index() != 0:
         return folder
     folder.mkdir(parents=True, exist_ok=True)

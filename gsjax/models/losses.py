@@ -14,6 +14,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from gsjax.models.interface import CausalLM, ModelInput
+
 
 def target_logprobs(hidden: jax.Array, head: jax.Array, targets: jax.Array, *, temperature: float = 1.0,
                     vocab_chunk: int = 0) -> jax.Array:
@@ -53,22 +55,16 @@ def target_logprobs(hidden: jax.Array, head: jax.Array, targets: jax.Array, *, t
     return picked - (top + jnp.log(total))
 
 
-def token_logprobs(
-    model,
-    tokens: jax.Array,
-    *,
-    positions: jax.Array | None = None,
-    segment_ids: jax.Array | None = None,
-    temperature: float = 1.0,
-    vocab_chunk: int = 0,
-) -> jax.Array:
-    """log p(tokens[:, t] | tokens[:, :t]) for t >= 1, shape [B, T]; position 0 gets 0.
+def token_logprobs(model: CausalLM, inputs: ModelInput, *, temperature: float = 1.0, vocab_chunk: int = 0) -> jax.Array:
+    """log p(tokens[:, t] | tokens[:, :t]) for t >= 1 of the input's tokens, shape [B, T];
+    position 0 gets 0.
 
     Aligned with the tokens so a per-token loss mask of the same shape applies directly (in a
     packed row, the first token of each segment is scored against the previous segment: its mask
     is 0). With a temperature the logits are divided by it first, as the sampler does.
     """
-    hidden = model.hidden_states(tokens, positions, segment_ids)
+    hidden = model.hidden_states(inputs)
+    tokens = inputs.tokens
     # Score every position against the next token (the last one against a dummy 0), then shift
     # the small [B, T] result.
     targets = jnp.pad(tokens[:, 1:], ((0, 0), (0, 1)))

@@ -43,6 +43,16 @@ DEFAULT_RULES: dict[str, MeshAxes] = {
     "conv_w": None,
     "conv_in": None,
     "conv_out": None,
+    # Qwen3-VL vision tower (0.58B parameters in Qwen3-VL-8B): replicated.
+    "vit_embed": None,
+    "vit_heads": None,
+    "vit_head_dim": None,
+    "vit_qkv": None,
+    "vit_mlp": None,
+    "vit_patch": None,
+    "vit_pos": None,
+    "vit_merge": None,
+    "vit_merge_mlp": None,
     # activations
     "act_batch": ("data", "fsdp"),
     "act_len": None,
@@ -53,6 +63,7 @@ DEFAULT_RULES: dict[str, MeshAxes] = {
     "act_mlp": "tp",
     "act_vocab": "tp",
     "act_cache_len": None,
+    "act_patches": None,  # the vision tower's patches (all images of a batch in one sequence)
 }
 
 # The sampler's placement of parameters: whole on every data / fsdp shard and split over tp only,

@@ -27,8 +27,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from gsjax.data.packing import pack
+from gsjax.models.interface import CausalLM, ModelInput
 from gsjax.models.losses import token_logprobs
-from gsjax.models.qwen3 import Qwen3
 from gsjax.parallel import allgather_rows, allgather_strings
 from gsjax.rl.grpo import LossConfig, degenerate_groups, group_advantages, per_token_loss, sequence_weights
 from gsjax.train_state import TrainState
@@ -113,7 +113,7 @@ def make_rows(samples: Sequence[Sample], stats: StepStatistics, cfg: GRPOConfig)
 
 
 class GRPOTrainer(TrainState):
-    def __init__(self, model: Qwen3, cfg: GRPOConfig, mesh: Mesh | None = None):
+    def __init__(self, model: CausalLM, cfg: GRPOConfig, mesh: Mesh | None = None):
         tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm),
                          optax.adamw(cfg.lr, b1=0.9, b2=0.999, weight_decay=cfg.weight_decay))
         super().__init__(model, tx, partial(_grpo_loss, graphdef=nnx.graphdef(model), cfg=cfg), mesh=mesh,
@@ -134,9 +134,9 @@ class GRPOTrainer(TrainState):
         return metrics
 
 
-def _grpo_loss(model: Qwen3, batch, ref_params, *, graphdef, cfg: GRPOConfig):
+def _grpo_loss(model: CausalLM, batch, ref_params, *, graphdef, cfg: GRPOConfig):
     def logprobs(m):
-        return token_logprobs(m, batch["tokens"], positions=batch["positions"], segment_ids=batch["segment_ids"],
+        return token_logprobs(m, ModelInput(batch["tokens"], batch["positions"], batch["segment_ids"]),
                               temperature=cfg.temperature, vocab_chunk=cfg.vocab_chunk)
 
     logp = logprobs(model)

@@ -37,7 +37,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from gsjax.models.qwen3 import CACHE_AXES, KVCache, Qwen3, cache_shape, init_cache
+from gsjax.models.interface import CausalLM, ModelInput
+from gsjax.models.qwen3 import CACHE_AXES, KVCache, cache_shape, init_cache
 from gsjax.parallel import SAMPLER_RULES, localize, logical_to_spec, state_shardings, use_rules
 from gsjax.sampling.logits import SamplingParams, sample, token_logprob
 
@@ -94,7 +95,7 @@ class _Slot:
 class Sampler:
     def __init__(
         self,
-        model: Qwen3,
+        model: CausalLM,
         *,
         num_slots: int,
         cache_len: int,
@@ -138,7 +139,7 @@ class Sampler:
 
     # ------------------------------------------------------------------ public API
 
-    def update_weights(self, model: Qwen3) -> None:
+    def update_weights(self, model: CausalLM) -> None:
         """Sample from `model`'s current parameters from now on (after a training step): a copy
         placed for sampling (every process takes part when the model spans several)."""
         self._weights = self.programs.place_weights(nnx.state(model))
@@ -421,7 +422,7 @@ class SamplerPrograms:
     def _prefill(self, weights, cache: KVCache, row_ids, tokens, starts) -> KVCache:
         self.counts[f"prefill[{tokens.shape[0]}x{tokens.shape[1]}]"] += 1
         model = nnx.merge(self.graphdef, weights)
-        _, cache = model.forward_cached(tokens, cache, starts, rows=row_ids)
+        _, cache = model.forward_cached(ModelInput(tokens), cache, starts, rows=row_ids)
         return cache
 
     def _decode(self, weights, cache, lengths, pending, running, room, seeds, forced, key):
@@ -432,7 +433,7 @@ class SamplerPrograms:
 
         def body(carry, force):
             cache, lengths, pending, running, room = carry
-            hidden, cache = model.forward_cached(pending[:, None], cache, lengths)
+            hidden, cache = model.forward_cached(ModelInput(pending[:, None]), cache, lengths)
             row_keys = jax.vmap(jax.random.fold_in)(slot_keys, lengths)  # the position being sampled
             logits = model.logits(hidden[:, 0])
             tok, lp = sample(logits, row_keys, self.params)

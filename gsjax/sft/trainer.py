@@ -17,8 +17,8 @@ import optax
 from jax.sharding import Mesh
 from tqdm import tqdm
 
+from gsjax.models.interface import CausalLM, ModelInput
 from gsjax.models.losses import token_logprobs
-from gsjax.models.qwen3 import Qwen3
 from gsjax.sft.data import PackedBatch
 from gsjax.train_state import TrainState
 
@@ -40,10 +40,10 @@ def optimizer(cfg: SFTConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), optax.adamw(schedule, weight_decay=cfg.weight_decay))
 
 
-def sft_loss(model: Qwen3, batch, aux=None, *, vocab_chunk: int = 0) -> tuple[jax.Array, dict[str, jax.Array]]:
+def sft_loss(model: CausalLM, batch, aux=None, *, vocab_chunk: int = 0) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Negative log-likelihood of the loss tokens, each weighted by `mean_weights` (1 / the batch's
     loss tokens: a token mean that adds up over micro-batches)."""
-    logp = token_logprobs(model, batch["tokens"], positions=batch["positions"], segment_ids=batch["segment_ids"],
+    logp = token_logprobs(model, ModelInput(batch["tokens"], batch["positions"], batch["segment_ids"]),
                           vocab_chunk=vocab_chunk)
     return -(logp * batch["mean_weights"]).sum(), {}
 
@@ -61,7 +61,7 @@ def process_share(batch: PackedBatch) -> dict[str, np.ndarray]:
 
 
 class SFTTrainer(TrainState):
-    def __init__(self, model: Qwen3, cfg: SFTConfig, mesh: Mesh | None = None):
+    def __init__(self, model: CausalLM, cfg: SFTConfig, mesh: Mesh | None = None):
         loss = lambda m, b, aux: sft_loss(m, b, vocab_chunk=cfg.vocab_chunk)  # noqa: E731
         super().__init__(model, optimizer(cfg), loss, mesh=mesh, micro_batch_tokens=cfg.micro_batch_tokens)
         self.cfg = cfg

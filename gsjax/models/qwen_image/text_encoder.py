@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gsjax.models.interface import ModelInput
 from gsjax.models.qwen3 import Qwen3
 from gsjax.models.qwen_image.pipeline import PromptEmbeds
 from gsjax.tokenizer import Tokenizer
@@ -35,7 +36,7 @@ EDIT_TEMPLATE = (
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _hidden(graphdef, state, tokens, segments):
-    return nnx.merge(graphdef, state).hidden_states(tokens, segment_ids=segments)
+    return nnx.merge(graphdef, state).hidden_states(ModelInput(tokens, segment_ids=segments))
 
 
 class QwenTextEncoder:

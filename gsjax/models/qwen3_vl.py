@@ -1,0 +1,158 @@
+"""Qwen3-VL in Flax NNX: the vision tower (`qwen3_vl_vision`) in front of the Qwen3 decoder.
+
+The policy of Gen-Searcher is Qwen3-VL-8B. Its decoder is Qwen3's with multimodal RoPE (three
+position rows, frequencies interleaved t h w t h w ...); an image enters as a run of
+`<|image_pad|>` tokens whose embeddings are replaced by the tower's merged patch embeddings, and
+the tower's "deepstack" features (taken from some of its blocks) are added to the image tokens'
+hidden states after the first decoder layers.
+
+`Qwen3VL` implements the model seam (`gsjax.models.interface.CausalLM`): a `ModelInput` with
+`vision=None` runs it as a text model; with a `VisionInput` the images are encoded in the same
+pass. The host side, in NumPy: `mrope_positions` (the three position rows of a token sequence with
+images, as Hugging Face's `get_rope_index` builds them for still images) and `vision_input`
+(patches, layout and each image token's embedding index for a batch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from gsjax.models.interface import ModelInput, VisionInput
+from gsjax.models.qwen3 import KVCache, Qwen3, Qwen3Config
+from gsjax.models.qwen3_vl_vision import VisionConfig, VisionTower, vision_layout
+from gsjax.parallel import constrain
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen3VLConfig:
+    text: Qwen3Config
+    vision: VisionConfig
+    image_token_id: int
+    vision_start_token_id: int
+    vision_end_token_id: int
+    video_token_id: int
+
+    def __post_init__(self) -> None:
+        if not self.text.mrope_section:
+            raise ValueError("Qwen3VLConfig.text needs mrope_section (multimodal RoPE)")
+        if self.vision.out_hidden_size != self.text.hidden_size:
+            raise ValueError(f"vision out_hidden_size={self.vision.out_hidden_size} must equal the decoder's "
+                             f"hidden_size={self.text.hidden_size}")
+
+    def num_params(self) -> int:
+        return self.text.num_params() + self.vision.num_params()
+
+
+class Qwen3VL(nnx.Module):
+    def __init__(self, cfg: Qwen3VLConfig, *, rngs: nnx.Rngs):
+        self.vl_cfg = cfg
+        self.cfg = cfg.text  # what the sampler and the learner read (the seam's `cfg`)
+        self.visual = VisionTower(cfg.vision, rngs=rngs)
+        self.language_model = Qwen3(cfg.text, rngs=rngs)
+
+    def head(self) -> jax.Array:
+        return self.language_model.head()
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        return self.language_model.logits(hidden)
+
+    def _embed(self, inputs: ModelInput):
+        """Input embeddings with the images' merged embeddings at their tokens, and the deepstack
+        features with where they go (None without images)."""
+        if not isinstance(inputs, ModelInput):
+            raise TypeError(f"expected a gsjax.models.interface.ModelInput, got {type(inputs).__name__}")
+        x = self.language_model.embed_tokens(inputs.tokens)
+        v = inputs.vision
+        if v is None:
+            return x, None
+        embeds, deepstack = self.visual(v.patches, v.layout)
+        index = v.token_index
+        picked = jnp.take(embeds, jnp.maximum(index, 0), axis=0).astype(x.dtype)
+        x = constrain(jnp.where((index >= 0)[..., None], picked, x), ("act_batch", "act_len", "act_embed"))
+        return x, (deepstack, index)
+
+    def hidden_states(self, inputs: ModelInput) -> jax.Array:
+        x, deepstack = self._embed(inputs)
+        return self.language_model.decode(x, inputs.positions, inputs.segment_ids, deepstack)
+
+    def __call__(self, inputs: ModelInput) -> jax.Array:
+        return constrain(self.logits(self.hidden_states(inputs)), ("act_batch", "act_len", "act_vocab"))
+
+    def forward_cached(self, inputs: ModelInput, cache: KVCache, starts: jax.Array, rows: jax.Array | None = None
+                       ) -> tuple[jax.Array, KVCache]:
+        x, deepstack = self._embed(inputs)
+        return self.language_model.decode_cached(x, cache, starts, rows, inputs.positions, deepstack)
+
+
+# ----------------------------------------------------------------------------- host side (NumPy)
+
+
+def mrope_positions(tokens: Sequence[int], grids: np.ndarray, cfg: Qwen3VLConfig) -> tuple[np.ndarray, int]:
+    """The [3, T] rotary positions of one token sequence whose images (patch grids `grids`
+    [n, 3], in order) sit at runs of `image_token_id`, and the offset (largest position + 1 - T)
+    that positions of later tokens add to their index.
+
+    Text tokens count up on all three rows. An image's tokens take the temporal, row and column
+    of their merged patch, all offset by the position the image starts at; the text after it
+    continues from that start plus the image's larger merged side.
+    """
+    tokens = np.asarray(tokens)
+    merge = cfg.vision.spatial_merge_size
+    is_image = tokens == cfg.image_token_id
+    out = np.zeros((3, len(tokens)), np.int64)
+    pos, i, image = 0, 0, 0
+    while i < len(tokens):
+        if not is_image[i]:
+            out[:, i] = pos
+            pos, i = pos + 1, i + 1
+            continue
+        if image >= len(grids):
+            raise ValueError(f"token {i}: image run {image + 1} has no grid ({len(grids)} image(s) given)")
+        t, h, w = (int(g) for g in grids[image])
+        h, w = h // merge, w // merge
+        n = t * h * w
+        if not is_image[i:i + n].all() or (i + n < len(tokens) and is_image[i + n]):
+            raise ValueError(f"token {i}: image {image + 1} (grid {tuple(grids[image])}) needs a run of {n} "
+                             f"image tokens; the run differs")
+        tt, hh, ww = np.meshgrid(np.arange(t), np.arange(h), np.arange(w), indexing="ij")
+        out[:, i:i + n] = np.stack([tt.ravel(), hh.ravel(), ww.ravel()]) + pos
+        pos += max(h, w)
+        i, image = i + n, image + 1
+    if image != len(grids):
+        raise ValueError(f"{len(grids)} image grid(s) given but the tokens hold {image} image run(s)")
+    return out, int(out.max(initial=-1) + 1 - len(tokens))
+
+
+def image_token_index(tokens: np.ndarray, image_token_id: int, num_embeddings: int) -> np.ndarray:
+    """[B, T] index of each image token's merged embedding (image tokens numbered in row-major
+    order, which is the order of the rows' images), -1 for every other token."""
+    is_image = np.asarray(tokens) == image_token_id
+    count = int(is_image.sum())
+    if count != num_embeddings:
+        raise ValueError(f"the tokens hold {count} image tokens but the images give {num_embeddings} embeddings")
+    index = np.full(is_image.shape, -1, np.int32)
+    index[is_image] = np.arange(count, dtype=np.int32)
+    return index
+
+
+def vision_input(tokens: np.ndarray, pixel_values: np.ndarray, grids: np.ndarray, cfg: Qwen3VLConfig,
+                 pad_to: int | None = None) -> VisionInput:
+    """The `VisionInput` of a batch `tokens` [B, T] whose images (in row-major order) are the
+    processor's `pixel_values` rows with patch grids `grids` [n, 3]; patches padded to `pad_to`."""
+    grids = np.asarray(grids, np.int64).reshape(-1, 3)
+    layout = vision_layout(grids, cfg.vision, pad_to=pad_to)
+    patches = np.asarray(pixel_values, np.float32)
+    total = int(np.prod(grids, axis=-1).sum()) if len(grids) else 0
+    if patches.shape[0] != total:
+        raise ValueError(f"pixel_values has {patches.shape[0]} patch rows; the grids {grids.tolist()} need {total}")
+    size = pad_to if pad_to is not None else total
+    patches = np.pad(patches, ((0, size - total), (0, 0)))
+    merged = total // cfg.vision.spatial_merge_size ** 2
+    index = image_token_index(tokens, cfg.image_token_id, merged)
+    return VisionInput(jnp.asarray(patches), layout.on_device(), jnp.asarray(index))
