@@ -1,6 +1,6 @@
 """The learner on synthetic data, as one of several processes or alone: prints one JSON line (process
 0) with the SFT and GRPO steps' metrics and the updated parameters' fingerprint. Run by
-tests/test_multihost.py as 1 process x 1 device, 1 x 8 and 2 x 4 (through launch/gpu_hosts.sh).
+tests/test_multihost.py as 1 process x 1 device and 2 x 4 (through launch/gpu_hosts.sh).
 
     python tests/multihost_worker.py MESH_JSON
 """

@@ -1,8 +1,9 @@
 """Several hosts, proven with several processes on this machine (jax.distributed over loopback,
 started by launch/gpu_hosts.sh in its localhost mode):
 
-- the learner on synthetic data (tests/multihost_worker.py): SFT and GRPO steps give the same
-  losses, gradient norms and updated parameters as 1 process x 8 devices and as 1 device;
+- the learner on synthetic data (tests/multihost_worker.py): SFT and GRPO steps on 2 processes x
+  4 devices give the same losses, gradient norms and updated parameters as 1 device (1 x 8 is
+  compared with 1 device in tests/test_mesh.py and by the gsjax.train runs below);
 - `python -m gsjax.train` on the offline world, its tools served over HTTP by a loopback world
   server: 2 processes x 4 devices give the same per-step SFT loss, GRPO reward and loss and held-out
   summary as 1 x 8 and 1 x 1, make each tool call once (the server's request counts are equal),
@@ -65,11 +66,10 @@ def _worker(mesh: dict, devices: int, processes: int, tmp: Path) -> dict:
 
 def test_learner_steps_on_two_processes_equal_one_process_and_one_device(tmp_path):
     one = _worker({"data": 1}, 1, 1, tmp_path)
-    eight = _worker({"data": 2, "fsdp": 2, "tp": 2}, 8, 1, tmp_path)
     two = _worker({"data": 2, "fsdp": 2, "tp": 2}, 4, 2, tmp_path)
-    assert (one["devices"], eight["devices"], two["devices"], two["processes"]) == (1, 8, 8, 2)
+    assert (one["devices"], two["devices"], two["processes"]) == (1, 8, 2)
     assert one["sft_loss"][2] != one["sft_loss"][0]  # the steps move the parameters
-    for other in (eight, two):
+    for other in (two,):
         assert other["sft_loss"] == pytest.approx(one["sft_loss"], abs=1e-5)
         assert other["sft_params"] == pytest.approx(one["sft_params"], rel=1e-6)
         for a, b in zip(one["grpo"], other["grpo"]):
@@ -88,7 +88,7 @@ SHORT = ["--config.rl.cache_len=512", "--config.agent.limits.max_conversation_to
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """An SFT policy that calls tools now and then (300 steps on the test world's expert
+    """An SFT policy that calls tools now and then (200 steps on the test world's expert
     trajectories), and the world served over loopback HTTP."""
     from gsjax.world.corpus import Corpus
     from gsjax.world.serve import WorldServer
@@ -96,7 +96,7 @@ def world(tmp_path_factory):
     base = tmp_path_factory.mktemp("multihost")
     pre = base / "pre"
     proc = subprocess.run([sys.executable, "-m", "gsjax.train", "--config=configs/grpo.py:test",
-                           f"--config.workdir={pre}", "--config.sft.steps=300", "--config.sft.checkpoint_every=1000",
+                           f"--config.workdir={pre}", "--config.sft.steps=200", "--config.sft.checkpoint_every=1000",
                            "--config.rl.steps=0", "--config.eval.prompts=0", *MODEL], cwd=ROOT, env=_env(),
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -113,9 +113,9 @@ def _train_args(workdir: Path, policy: Path, server, mesh: dict) -> list[str]:
              "--config.tools.search_key_env=", f"--config.tools.reader_base={server.url}/reader",
              "--config.tools.reader_key_env=", f"--config.tools.allow=('127.0.0.1:{server.port}',)"]
     return ["-m", "gsjax.train", "--config=configs/grpo.py:test", f"--config.workdir={workdir}",
-            f"--config.model.path={policy}", "--config.sft.steps=4", "--config.sft.checkpoint_every=2",
+            f"--config.model.path={policy}", "--config.sft.steps=2", "--config.sft.checkpoint_every=2",
             "--config.rl.steps=4", "--config.rl.checkpoint_every=2", "--config.rl.num_slots=8",
-            "--config.eval.num_slots=8", "--config.eval.prompts=4", *MODEL, *SHORT, *mesh_args, *tools]
+            "--config.eval.num_slots=8", "--config.eval.prompts=2", *MODEL, *SHORT, *mesh_args, *tools]
 
 
 def _start(workdir: Path, world, devices: int, processes: int, mesh: dict) -> subprocess.Popen:
@@ -164,7 +164,7 @@ def test_training_on_two_processes_equals_one_process_and_calls_each_tool_once(w
     one, one_summary, one_hits = _run(base / "one", world, 1, 1, {"data": 1})
     eight, eight_summary, eight_hits = _run(base / "eight", world, 8, 1, {"data": 1, "fsdp": 8})
     two, two_summary, two_hits = _run(base / "two", world, 4, 2, {"data": 1, "fsdp": 8})
-    assert [r["step"] for r in one if r["phase"] == "sft"] == [1, 2, 3, 4]
+    assert [r["step"] for r in one if r["phase"] == "sft"] == [1, 2]
     assert len({r["loss"] for r in one if r["phase"] == "sft"}) > 1
     assert one_hits > 0  # the policy did call the tools
     assert eight_hits == one_hits and two_hits == one_hits  # each call once, on the process that made it

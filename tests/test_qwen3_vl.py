@@ -166,3 +166,50 @@ def test_bad_inputs_and_configs_are_named(folder, tmp_path):
     del hf["image_token_id"]
     with pytest.raises(hf_io.CheckpointError, match="field 'image_token_id' is None"):
         hf_io.config_from_hf(hf)
+
+
+def test_sampler_with_images_equals_generate_and_the_full_pass(hf_model, folder):
+    """The sampler encodes each insert's images once: greedy tokens after a prompt with an image
+    equal transformers' generate; after a second insert with another image (appended to the same
+    slot), the log-probabilities the sampler records for forced tokens equal a full pass over the
+    whole conversation with both images (what the learner recomputes)."""
+    from gsjax.models.interface import Pixels
+    from gsjax.models.losses import token_logprobs
+    from gsjax.sampling import Sampler, SamplingParams
+
+    model = hf_io.load_model(folder)
+    tokens, pixels = _conversation(5)
+    first = 5 + 2 + 6 + 7  # text, the first image's run, text
+    split = int(GRIDS[0].prod())
+    sampler = Sampler(model, num_slots=2, cache_len=160, params=SamplingParams(temperature=0.0),
+                      prefill_buckets=(4, 8))  # pieces of 8 tokens: image runs split across pieces
+    sampler.start(1, tokens[:first].tolist(), 12, images=Pixels(pixels[:split], GRIDS[:1]))
+    turns = []
+    while not turns:
+        turns = sampler.step()
+    ids = torch.tensor(tokens[None, :first])
+    with torch.no_grad():
+        ref = hf_model.generate(input_ids=ids, pixel_values=torch.tensor(pixels[:split]),
+                                image_grid_thw=torch.tensor(GRIDS[:1]), mm_token_type_ids=(ids == IMAGE).int(),
+                                max_new_tokens=12, min_new_tokens=12, do_sample=False)[0, first:].numpy()
+    turn = turns[0]
+    np.testing.assert_array_equal(turn.tokens, ref)
+
+    # Second insert: the rest of the conversation (with the second image), teacher-forced.
+    rest = tokens[first:].tolist()
+    forced = np.random.RandomState(6).randint(0, 280, 10).tolist()
+    sampler.append(1, rest, 10, forced=forced, images=Pixels(pixels[split:], GRIDS[1:]))
+    turns = []
+    while not turns:
+        turns = sampler.step()
+    whole = np.asarray(tokens[:first].tolist() + turn.tokens + rest + forced)
+    full = np.asarray(token_logprobs(model, _inputs_for(model, whole, pixels)))[0]
+    np.testing.assert_allclose(turns[0].logprobs, full[-10:], atol=1e-4)
+    np.testing.assert_allclose(turn.logprobs, full[first:first + 12], atol=1e-4)
+    assert sampler.compile_counts["encode[32]"] == 1  # one bucket, both inserts
+
+
+def _inputs_for(model: Qwen3VL, tokens: np.ndarray, pixels: np.ndarray) -> ModelInput:
+    positions, _ = mrope_positions(tokens, GRIDS, model.vl_cfg)
+    vision = vision_input(tokens[None], pixels, GRIDS, model.vl_cfg)
+    return ModelInput(jnp.asarray(tokens[None]), jnp.asarray(positions[:, None, :]), None, vision)

@@ -48,13 +48,13 @@ class ScriptedSampler:
         self._due: set[int] = set()
         self.max_concurrent = 0
 
-    def start(self, slot, ids, max_new_tokens, seed=None):
+    def start(self, slot, ids, max_new_tokens, seed=None, images=None):
         prompt = self.tok.decode(ids)
         self.owner[slot] = next(k for k in self.scripts if k in prompt)
         self.streams[slot] = list(ids)
         self._due.add(slot)
 
-    def append(self, slot, ids, max_new_tokens):
+    def append(self, slot, ids, max_new_tokens, images=None):
         self.streams[slot] += ids
         self._due.add(slot)
 

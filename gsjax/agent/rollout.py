@@ -21,11 +21,14 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from gsjax.agent.episode import Continue, Episode, RunTool, message_text
 from gsjax.agent.protocol import AgentLimits
 from gsjax.agent.types import Answer, ImageRef, Termination, ToolResult
+from gsjax.agent.vision import PolicyImages, join
+from gsjax.models.interface import Pixels
 from gsjax.sampling import FinishReason, Sampler, Turn
 from gsjax.tokenizer import Tokenizer
 
@@ -51,6 +54,10 @@ class Trajectory:
     answer: Answer | None
     tool_calls: int
     tool_errors: int
+    # What a vision-language policy was shown, exactly as encoded: the processor's pixel rows
+    # [P, patch_dim] and patch grids [n, 3] of the images in token-stream order (None: no pixels).
+    pixel_values: np.ndarray | None = None
+    image_grids: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -67,6 +74,7 @@ class _Live:
     tool_errors: int = 0
     future: cf.Future | None = None
     closing: list[int] = dataclasses.field(default_factory=list)  # ends the last turn; not yet in the slot
+    pixels: list[Pixels | None] = dataclasses.field(default_factory=list)  # what each insert showed
 
     def add(self, ids: Sequence[int], mask: int, sampled: int = 0, logprobs: Sequence[float] | None = None) -> None:
         self.tokens += ids
@@ -82,6 +90,10 @@ class RolloutEngine:
         self.limits = limits
         self.today = today or datetime.date.today()
         self.image_pad_tokens = image_pad_tokens
+        # A vision-language policy sees the pixels (one placeholder per merged patch); a text-only
+        # one sees `image_pad_tokens` placeholders per image.
+        vl = getattr(sampler, "vl_cfg", None)  # other rollout backends: text-only
+        self.images = None if vl is None else PolicyImages.for_tower(vl.vision, limits.max_pixels)
         self._close_turn = tokenizer.encode("<|im_end|>\n")
         self._newline = tokenizer.encode("\n")
         self._turn_budget = min(limits.max_tokens_per_turn, sampler.cache_len - 1)
@@ -122,15 +134,34 @@ class RolloutEngine:
 
     def _begin(self, slot: int, task: Task) -> _Live:
         episode = Episode(task.prompt, self.today, self.limits)
-        prompt = self.tok.render_chat([_plain(m) for m in episode.messages], add_generation_prompt=True,
-                                      image_pad_tokens=self.image_pad_tokens).ids
-        lv = _Live(task, episode, len(episode.messages), [], [], [], [], prompt_len=len(prompt))
+        lv = _Live(task, episode, len(episode.messages), [], [], [], [])
+        rendered = self._render(lv, episode.messages)
+        if rendered is None:
+            return lv
+        prompt, pixels = rendered
+        lv.prompt_len = len(prompt)
         lv.add(prompt, 0)
         if self._budget(lv) < 1:
             episode.abort(Termination.MAX_TOKENS)
             return lv
-        self.sampler.start(slot, prompt, self._budget(lv), seed=self._task_seed(task))
+        lv.pixels.append(pixels)
+        self.sampler.start(slot, prompt, self._budget(lv), seed=self._task_seed(task), images=pixels)
         return lv
+
+    def _render(self, lv: _Live, messages) -> tuple[list[int], Pixels | None] | None:
+        """Token ids of `messages` (with the next assistant header) and the pixels of their
+        images; None (the episode ended with ERROR) when an image cannot be read."""
+        pixels, pads = None, self.image_pad_tokens
+        if self.images is not None:
+            try:
+                pixels = self.images.pixels([p for m in messages for p in (m.get("images") or [])])
+            except ValueError:  # a file the tool had validated, no longer readable: end the episode
+                lv.episode.abort(Termination.ERROR)
+                return None
+            pads = self.images.token_counts(pixels)
+        ids = self.tok.render_chat([_plain(m) for m in messages], add_generation_prompt=True,
+                                   image_pad_tokens=pads).ids
+        return ids, pixels
 
     def _after_turn(self, slot: int, lv: _Live, turn: Turn) -> None:
         lv.add(turn.tokens, 1, 1, turn.logprobs)
@@ -162,13 +193,16 @@ class RolloutEngine:
         """Append the episode's new user messages and the next assistant header to the slot."""
         new = lv.episode.messages[lv.rendered:]
         lv.rendered = len(lv.episode.messages)
-        ids = self.tok.render_chat([_plain(m) for m in new], add_generation_prompt=True,
-                                   image_pad_tokens=self.image_pad_tokens).ids
+        rendered = self._render(lv, new)
+        if rendered is None:
+            return
+        ids, pixels = rendered
         if self._budget(lv, extra=len(ids)) < 1:  # the policy never sees what does not fit
             lv.episode.abort(Termination.MAX_TOKENS)
             return
         lv.add(ids, 0)
-        self.sampler.append(slot, lv.closing + ids, self._budget(lv))
+        lv.pixels.append(pixels)
+        self.sampler.append(slot, lv.closing + ids, self._budget(lv), images=pixels)
 
     def _task_seed(self, task: Task) -> int | None:
         if self._seed is None:
@@ -186,8 +220,10 @@ class RolloutEngine:
     def _finish(self, lv: _Live) -> Trajectory:
         ep = lv.episode
         images = [p for m in ep.messages for p in (m.get("images") or [])]
+        pixels = join(lv.pixels)
         return Trajectory(lv.task, lv.tokens, lv.loss_mask, lv.sampled, lv.logprobs, ep.messages, images,
-                          ep.registry.all(), ep.termination, ep.answer, lv.tool_calls, lv.tool_errors)
+                          ep.registry.all(), ep.termination, ep.answer, lv.tool_calls, lv.tool_errors,
+                          None if pixels is None else pixels.values, None if pixels is None else pixels.grids)
 
 
 def _plain(message: dict[str, Any]) -> dict[str, str]:

@@ -73,13 +73,13 @@ class ReplaySampler(Sampler):
         self.tok, self.scripts = tok, scripts
         self._script: dict[int, list[list[int]]] = {}
 
-    def start(self, slot, ids, max_new_tokens, seed=None, forced=()):
+    def start(self, slot, ids, max_new_tokens, seed=None, forced=(), images=None):
         prompt = self.tok.decode(ids)
         key = next(k for k in self.scripts if k in prompt)
         self._script[slot] = [self.tok.encode(turn) for turn in self.scripts[key]]
         super().start(slot, ids, max_new_tokens, seed, forced=self._script[slot].pop(0))
 
-    def append(self, slot, ids, max_new_tokens, forced=()):
+    def append(self, slot, ids, max_new_tokens, forced=(), images=None):
         turns = self._script[slot]
         super().append(slot, ids, max_new_tokens, forced=turns.pop(0) if turns else ())
 

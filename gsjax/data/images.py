@@ -26,7 +26,8 @@ same size is a no-op in both, so images already sized by `fit_pixels` (multiples
 65,536 pixels) come out equal.
 
 `fit_pixels` is the reference agent's own downscaling of an image before the processor sees it
-(Gen-Searcher's rollout calls `qwen_vl_utils.fetch_image` with max_pixels=160,000).
+(Gen-Searcher's rollout calls `qwen_vl_utils.fetch_image` with max_pixels=160,000);
+`llamafactory_fit` is its SFT's (LLaMA-Factory's `image_max_pixels: 160000`, another rule).
 """
 
 from __future__ import annotations
@@ -423,3 +424,55 @@ def fit_pixels(image: ImageLike, max_pixels: int = REFERENCE_MAX_PIXELS, *, fact
         raise ValueError(f"{what}: a {height}x{width} image shrinks to {new_h}x{new_w} under "
                          f"max_pixels={max_pixels} (qwen_vl_utils' rounding; its resize would fail too)")
     return rgb.resize((new_w, new_h), resample=Image.Resampling.BICUBIC)
+
+
+# ---- the reference's SFT downscaling -----------------------------------------------------------------
+
+# LLaMA-Factory's default image_min_pixels (its mm_plugin reads the processor attribute, 32 * 32).
+LLAMAFACTORY_MIN_PIXELS = 32 * 32
+
+
+def llamafactory_fit(image: ImageLike, max_pixels: int = REFERENCE_MAX_PIXELS,
+                     min_pixels: int = LLAMAFACTORY_MIN_PIXELS) -> Image.Image:
+    """The image as Gen-Searcher's SFT hands it to the processor: LLaMA-Factory's
+    `Qwen2VLPlugin._preprocess_image` (Qwen3VLPlugin inherits it) with `image_max_pixels` 160,000
+    (the reference's examples/train_full/gen_qwen3_sft.yaml) and the default image_min_pixels:
+    1. a path is opened with `Image.open` (no EXIF transposition);
+    2. above `max_pixels` pixels, both sides are scaled by sqrt(max_pixels / (w * h)) and truncated
+       (`int`), resized with Pillow's default filter (BICUBIC; NEAREST for modes "1" and "P");
+       below `min_pixels`, scaled up the same way;
+    3. any mode but RGB is `convert("RGB")`-ed, after the resize (alpha is dropped, not composited);
+    4. a side under 28 is raised to 28; an aspect ratio over 200 is cut to 180 (each a resize).
+    The sides are not rounded to multiples of 32 as `fit_pixels` (the rollout's rule) does: the
+    processor's smart_resize does that next. Returns an RGB PIL image.
+    """
+    max_pixels, min_pixels = _check_size("max_pixels", max_pixels), _check_size("min_pixels", min_pixels)
+    what = _describe(image, 0)
+    if isinstance(image, (str, os.PathLike)):
+        pil = _open_path(image, what, exif_transpose=False)
+    elif isinstance(image, Image.Image):
+        pil = image
+    elif isinstance(image, np.ndarray):
+        pil = Image.fromarray(image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image)
+    else:
+        raise ValueError(f"{what}: expected a PIL image, a uint8 HxWxC NumPy array or a file path, "
+                         f"got {type(image).__name__}")
+    if pil.width == 0 or pil.height == 0:
+        raise ValueError(f"{what}: image has no pixels ({pil.width}x{pil.height})")
+    def scaled_to(pixels: int) -> Image.Image:
+        scale = math.sqrt(pixels / (pil.width * pil.height))
+        return pil.resize((int(pil.width * scale), int(pil.height * scale)))
+
+    if pil.width * pil.height > max_pixels:
+        pil = scaled_to(max_pixels)
+    if pil.width * pil.height < min_pixels:
+        pil = scaled_to(min_pixels)
+    if pil.mode != "RGB":
+        pil = pil.convert("RGB")
+    if min(pil.width, pil.height) < 28:
+        pil = pil.resize((max(pil.width, 28), max(pil.height, 28)))
+    if pil.width / pil.height > MAX_ASPECT_RATIO:
+        pil = pil.resize((pil.height * 180, pil.height))
+    if pil.height / pil.width > MAX_ASPECT_RATIO:
+        pil = pil.resize((pil.width, pil.width * 180))
+    return pil

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import jax
+import numpy as np
 
 
 class VisionInput(NamedTuple):
@@ -30,11 +31,28 @@ class VisionInput(NamedTuple):
     token_index: jax.Array  # [B, T] int32: merged-embedding index per image token, -1 elsewhere
 
 
+class VisionEmbeds(NamedTuple):
+    """Images already through the vision tower (the sampler encodes an observation's images once
+    and prefills from these)."""
+
+    embeds: jax.Array  # [N, embed] merged image embeddings
+    deepstack: jax.Array  # [k, N, embed] deepstack features
+    token_index: jax.Array  # [B, T] int32: row of `embeds` per image token, -1 elsewhere
+
+
+class Pixels(NamedTuple):
+    """Images on the host as the processor gives them (`gsjax.data.images.preprocess`), in
+    token-stream order: what a trajectory keeps of what its policy saw."""
+
+    values: np.ndarray  # [P, patch_dim] float32 pixel rows
+    grids: np.ndarray  # [n, 3] int patch grids (t, h, w)
+
+
 class ModelInput(NamedTuple):
     tokens: jax.Array
     positions: jax.Array | None = None
     segment_ids: jax.Array | None = None
-    vision: VisionInput | None = None
+    vision: VisionInput | VisionEmbeds | None = None
 
 
 @runtime_checkable
@@ -60,3 +78,13 @@ class CausalLM(Protocol):
                        rows: jax.Array | None = None) -> tuple[jax.Array, Any]:
         """Hidden states [B, T, embed] of tokens written at offsets `starts` [B] of cache slots
         `rows` [B] (None: row b is slot b), and the updated cache."""
+
+
+@runtime_checkable
+class VisionLM(CausalLM, Protocol):
+    """A policy that sees images: `vl_cfg` has its vision settings and token ids."""
+
+    vl_cfg: Any
+
+    def encode_images(self, patches: jax.Array, layout: Any) -> tuple[jax.Array, jax.Array]:
+        """(merged embeddings [N, embed], deepstack features [k, N, embed]) of padded patches."""

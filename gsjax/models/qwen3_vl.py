@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gsjax.models.interface import ModelInput, VisionInput
+from gsjax.models.interface import ModelInput, Pixels, VisionEmbeds, VisionInput
 from gsjax.models.qwen3 import KVCache, Qwen3, Qwen3Config
 from gsjax.models.qwen3_vl_vision import VisionConfig, VisionTower, vision_layout
 from gsjax.parallel import constrain
@@ -62,6 +62,9 @@ class Qwen3VL(nnx.Module):
     def logits(self, hidden: jax.Array) -> jax.Array:
         return self.language_model.logits(hidden)
 
+    def encode_images(self, patches: jax.Array, layout) -> tuple[jax.Array, jax.Array]:
+        return self.visual(patches, layout)
+
     def _embed(self, inputs: ModelInput):
         """Input embeddings with the images' merged embeddings at their tokens, and the deepstack
         features with where they go (None without images)."""
@@ -71,7 +74,10 @@ class Qwen3VL(nnx.Module):
         v = inputs.vision
         if v is None:
             return x, None
-        embeds, deepstack = self.visual(v.patches, v.layout)
+        if isinstance(v, VisionEmbeds):
+            embeds, deepstack = v.embeds, v.deepstack
+        else:
+            embeds, deepstack = self.encode_images(v.patches, v.layout)
         index = v.token_index
         picked = jnp.take(embeds, jnp.maximum(index, 0), axis=0).astype(x.dtype)
         x = constrain(jnp.where((index >= 0)[..., None], picked, x), ("act_batch", "act_len", "act_embed"))

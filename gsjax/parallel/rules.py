@@ -64,6 +64,9 @@ DEFAULT_RULES: dict[str, MeshAxes] = {
     "act_vocab": "tp",
     "act_cache_len": None,
     "act_patches": None,  # the vision tower's patches (all images of a batch in one sequence)
+    # The learner's per-micro-batch patch axis as it enters the step: each process's images on its
+    # own devices, like its rows (the tower then works on all of them: act_patches).
+    "act_batch_patches": ("data", "fsdp"),
 }
 
 # The sampler's placement of parameters: whole on every data / fsdp shard and split over tp only,

@@ -8,6 +8,9 @@ With several processes, each one is given its own share of the prompts (all samp
 on one process), rolls them out on its own devices and scores them, so each tool, generator and
 judge call happens once; the per-episode numbers are then gathered, so every process computes the
 same advantages and the same step metrics.
+
+A vision-language policy's trajectories keep the pixels it was shown (`Trajectory.pixel_values`,
+`image_grids`); their samples pass them on, so the learner scores the same images.
 """
 
 from __future__ import annotations
@@ -104,7 +107,8 @@ class GRPOLoop:
         scored = score(self.rewards, expanded, trajs, f"step{seed}")
         t2 = time.perf_counter()
         samples = [Sample(t.tokens, t.loss_mask, t.logprobs, t.sampled, t.task.prompt_id, s.result.reward,
-                          failed=not s.result.in_group_statistics) for t, s in zip(trajs, scored)]
+                          failed=not s.result.in_group_statistics, pixel_values=t.pixel_values,
+                          image_grids=t.image_grids) for t, s in zip(trajs, scored)]
         metrics = self.trainer.step(samples)
         t3 = time.perf_counter()
         summary, stats = gathered_summary(trajs, scored)

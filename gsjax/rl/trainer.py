@@ -9,6 +9,11 @@ epoch, the whole step's batch as one mini-batch), the old policy is the current 
 a second forward pass. The sampler/trainer log-probability mismatch is measured on every step (and
 can be corrected with a truncated importance weight).
 
+A vision-language policy's samples carry the pixels the sampler encoded (`pixel_values`,
+`image_grids`, in token-stream order); they are packed with their trajectory, and the learner's
+pass encodes them again through the same tower (`gsjax.data.vision_batch`), so the log-probabilities
+are of the same pixels. The vision tower trains with the rest unless `train_vision=False`.
+
 Advantages and the loss weights need the whole step's rewards and token counts: with several
 processes, each packs its own trajectories and these few numbers are gathered first.
 """
@@ -26,12 +31,13 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from gsjax.data.packing import pack
-from gsjax.models.interface import CausalLM, ModelInput
+from gsjax.data.packing import RowImages, pack_with_images
+from gsjax.data.vision_batch import model_input
+from gsjax.models.interface import CausalLM
 from gsjax.models.losses import token_logprobs
 from gsjax.parallel import allgather_rows, allgather_strings
 from gsjax.rl.grpo import LossConfig, degenerate_groups, group_advantages, per_token_loss, sequence_weights
-from gsjax.train_state import TrainState
+from gsjax.train_state import TrainState, except_vision
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +52,10 @@ class GRPOConfig:
     row_len: int = 1024  # packed row length: at least the longest conversation (the cache length)
     micro_batch_tokens: int = 0  # per device and micro-batch (the reference: 37,000); 0 = one micro-batch
     vocab_chunk: int = 0  # log-probabilities in vocabulary chunks of this size (0 = all at once)
+    # The vision tower and its mergers train too (a vision-language policy). The reference's GRPO
+    # (verl, Gen-Searcher's gen_image_deepresearch_8B_fsdp_8gpu.sh) leaves verl's
+    # actor.freeze_vision_tower at its default, false: the whole model trains.
+    train_vision: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +69,10 @@ class Sample:
     group: int | str  # samples of the same prompt share a group
     reward: float
     failed: bool = False  # an infrastructure failure: out of the group statistics and the loss
+    # What a vision-language policy was shown, as the sampler encoded it: the processor's pixel
+    # rows [P, patch_dim] and patch grids [n, 3] of the images in token-stream order (None: none).
+    pixel_values: np.ndarray | None = None
+    image_grids: np.ndarray | None = None
 
 
 ROW_FIELDS = {"tokens": np.int32, "loss_mask": np.float32, "sampler_logprobs": np.float32,
@@ -98,6 +112,12 @@ def step_statistics(samples: Sequence[Sample], cfg: GRPOConfig) -> StepStatistic
 
 def make_rows(samples: Sequence[Sample], stats: StepStatistics, cfg: GRPOConfig) -> dict[str, np.ndarray]:
     """This process's samples as packed rows [R, row_len] of ROW_FIELDS, segment ids and positions."""
+    return pack_samples(samples, stats, cfg)[0]
+
+
+def pack_samples(samples: Sequence[Sample], stats: StepStatistics, cfg: GRPOConfig
+                 ) -> tuple[dict[str, np.ndarray], RowImages | None]:
+    """`make_rows`, and the rows' images (None when no sample has any)."""
     longest = max((len(s.tokens) for s in samples), default=0)
     if longest > cfg.row_len:
         raise ValueError(f"a trajectory of {longest} tokens is longer than the learner's rows (row_len={cfg.row_len}); "
@@ -109,7 +129,10 @@ def make_rows(samples: Sequence[Sample], stats: StepStatistics, cfg: GRPOConfig)
         seqs.append({"tokens": s.tokens, "loss_mask": mask, "sampler_logprobs": s.sampler_logprobs,
                      "sampled_mask": s.sampled, "advantages": np.full(n, a), "loss_weights": mask * w,
                      "mean_weights": mask * m})
-    return pack(seqs, cfg.row_len, ROW_FIELDS, min_rows=1)
+    images = [None if s.pixel_values is None else (s.pixel_values, s.image_grids) for s in samples]
+    if all(i is None for i in images):
+        images = None
+    return pack_with_images(seqs, cfg.row_len, ROW_FIELDS, images, min_rows=1)
 
 
 class GRPOTrainer(TrainState):
@@ -117,7 +140,8 @@ class GRPOTrainer(TrainState):
         tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm),
                          optax.adamw(cfg.lr, b1=0.9, b2=0.999, weight_decay=cfg.weight_decay))
         super().__init__(model, tx, partial(_grpo_loss, graphdef=nnx.graphdef(model), cfg=cfg), mesh=mesh,
-                         micro_batch_tokens=cfg.micro_batch_tokens)
+                         micro_batch_tokens=cfg.micro_batch_tokens,
+                         trainable=None if cfg.train_vision else except_vision)
         self.cfg = cfg
         # A frozen copy of the starting policy for the KL term, placed like the parameters.
         self.ref_params = None
@@ -127,8 +151,8 @@ class GRPOTrainer(TrainState):
     def step(self, samples: Sequence[Sample]) -> dict[str, float]:
         """One update on this process's samples (every process calls it with its own)."""
         stats = step_statistics(samples, self.cfg)
-        rows = make_rows(samples, stats, self.cfg)
-        metrics = self.update(rows, self.ref_params)
+        rows, images = pack_samples(samples, stats, self.cfg)
+        metrics = self.update(rows, self.ref_params, images)
         metrics["advantage_abs_mean"] = stats.advantage_abs_mean
         metrics["packed_rows"] = float(len(rows["tokens"]))
         return metrics
@@ -136,8 +160,7 @@ class GRPOTrainer(TrainState):
 
 def _grpo_loss(model: CausalLM, batch, ref_params, *, graphdef, cfg: GRPOConfig):
     def logprobs(m):
-        return token_logprobs(m, ModelInput(batch["tokens"], batch["positions"], batch["segment_ids"]),
-                              temperature=cfg.temperature, vocab_chunk=cfg.vocab_chunk)
+        return token_logprobs(m, model_input(batch), temperature=cfg.temperature, vocab_chunk=cfg.vocab_chunk)
 
     logp = logprobs(model)
     old = jax.lax.stop_gradient(logp)

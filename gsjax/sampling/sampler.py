@@ -15,6 +15,13 @@ only has to write keys and values and never computes logits.
 Shapes are bucketed: prefill compiles once per (rows bucket, length bucket) and decode once, so the
 number of compilations stays fixed after warm-up (`compile_counts` counts traces).
 
+Images (a `VisionLM` policy such as Qwen3-VL): `start` and `append` take the insert's images as
+`Pixels` (the processor's rows and grids, in the order of the insert's image-token runs). They are
+encoded once, when queued (one program per patch bucket), and the insert is prefilled from those
+embeddings; its rotary positions are computed on the host (multimodal RoPE: an image takes fewer
+positions than tokens), and each slot keeps the offset between the next rotary position and its
+cache length, which decode adds.
+
 On a mesh (`mesh=`), the slots and the cache are sharded over `data` x `fsdp` and the KV heads over
 `tp`; the weights are placed by `SAMPLER_RULES` (sharded over `tp` only, whole on each data
 shard, so a decode step gathers no weights), and both programs have explicit shardings
@@ -37,8 +44,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from gsjax.models.interface import CausalLM, ModelInput
+from gsjax.models.interface import CausalLM, ModelInput, Pixels, VisionEmbeds, VisionLM
 from gsjax.models.qwen3 import CACHE_AXES, KVCache, cache_shape, init_cache
+from gsjax.train_state import next_pow2
 from gsjax.parallel import SAMPLER_RULES, localize, logical_to_spec, state_shardings, use_rules
 from gsjax.sampling.logits import SamplingParams, sample, token_logprob
 
@@ -80,14 +88,34 @@ def _bucket(n: int, buckets: Sequence[int]) -> int:
 
 
 @dataclasses.dataclass
+class _Insert:
+    """Tokens waiting for prefill, with their rotary positions and, when they hold images, the
+    images' embeddings (on the device) and each token's row in them."""
+
+    tokens: list[int]
+    positions: np.ndarray  # [T] or [3, T]
+    vision: VisionEmbeds | None = None  # token_index [T]
+
+    def cut(self, n: int) -> tuple[_Insert, _Insert]:
+        """The first n tokens and the rest."""
+        def part(sl):
+            v = self.vision
+            return _Insert(self.tokens[sl], self.positions[..., sl],
+                           None if v is None else v._replace(token_index=v.token_index[sl]))
+        return part(slice(None, n)), part(slice(n, None))
+
+
+@dataclasses.dataclass
 class _Slot:
     length: int = 0  # tokens in the cache
+    offset: int = 0  # rotary position of the next token minus its cache index (<= 0 after images)
     pending: int | None = None  # token to feed next
     running: bool = False
     budget: int = 0
     seed: int = 0  # with the position, decides every draw of this conversation
     forced: list[int] = dataclasses.field(default_factory=list)  # tokens this turn emits instead of drawing
     queued: list[int] = dataclasses.field(default_factory=list)  # tokens waiting for prefill
+    insert: _Insert | None = None  # the queued tokens (after pending) with positions and images
     out_tokens: list[int] = dataclasses.field(default_factory=list)
     out_logprobs: list[float] = dataclasses.field(default_factory=list)
 
@@ -111,6 +139,7 @@ class Sampler:
         if stop_strings and decode is None:
             raise ValueError("stop_strings need a `decode` function (token ids -> text)")
         self.cfg = model.cfg
+        self.vl_cfg = model.vl_cfg if isinstance(model, VisionLM) else None
         self.num_slots = num_slots
         self.cache_len = cache_len  # the longest conversation a slot holds (prompt + all turns)
         self.params = params
@@ -145,7 +174,7 @@ class Sampler:
         self._weights = self.programs.place_weights(nnx.state(model))
 
     def start(self, slot: int, ids: Sequence[int], max_new_tokens: int, seed: int | None = None,
-              forced: Sequence[int] = ()) -> None:
+              forced: Sequence[int] = (), images: Pixels | None = None) -> None:
         """Begin a new conversation in `slot` with prompt `ids`, then generate one turn.
 
         Each token is drawn with a key made from the sampler's seed, the conversation's `seed` and
@@ -155,23 +184,26 @@ class Sampler:
         `forced` (teacher forcing): the turn emits these tokens, in order, instead of drawing
         (each with its log-probability under the model), then draws as usual; the compute is the
         same as sampling. Replays of known trajectories use it.
+
+        `images`: the pixels of the prompt's image-token runs, in order (a `VisionLM` policy only).
         """
         if not ids:
             raise ValueError("start() needs at least one prompt token")
         if seed is None:
             seed = int(self._seeds.integers(2**31))
         self._slots[slot] = _Slot(seed=int(seed) % 2**31)
-        self._queue(slot, ids, max_new_tokens, forced)
+        self._queue(slot, ids, max_new_tokens, forced, images)
 
-    def append(self, slot: int, ids: Sequence[int], max_new_tokens: int, forced: Sequence[int] = ()) -> None:
+    def append(self, slot: int, ids: Sequence[int], max_new_tokens: int, forced: Sequence[int] = (),
+               images: Pixels | None = None) -> None:
         """Add `ids` after what `slot` holds (the last turn included), then generate one turn
-        (`forced` as in `start`)."""
+        (`forced` and `images` as in `start`)."""
         s = self._slots[slot]
         if s.running:
             raise ValueError(f"slot {slot} is still generating; append after its turn ends")
         if s.pending is None and not s.queued and not ids:
             raise ValueError(f"slot {slot} is empty; use start()")
-        self._queue(slot, ids, max_new_tokens, forced)
+        self._queue(slot, ids, max_new_tokens, forced, images)
 
     def free(self, slot: int) -> None:
         self._slots[slot] = _Slot()
@@ -213,24 +245,54 @@ class Sampler:
 
     # ------------------------------------------------------------------ prefill
 
-    def _queue(self, slot: int, ids: Sequence[int], max_new_tokens: int, forced: Sequence[int] = ()) -> None:
+    def _queue(self, slot: int, ids: Sequence[int], max_new_tokens: int, forced: Sequence[int] = (),
+               images: Pixels | None = None) -> None:
         s = self._slots[slot]
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         s.queued.extend(int(i) for i in ids)
+        seq = ([s.pending] if s.pending is not None else []) + s.queued
+        s.insert = self._insert(slot, seq, images)
         s.budget = max_new_tokens
         s.running = True
         s.out_tokens, s.out_logprobs = [], []
         s.forced = [int(t) for t in forced]
 
+    def _insert(self, slot: int, seq: list[int], images: Pixels | None) -> _Insert:
+        """`seq` (the pending token and the queued ones) with its rotary positions from the slot's
+        next position, its images encoded; the slot's offset moves past them."""
+        s = self._slots[slot]
+        start = s.length + s.offset
+        cfg = self.vl_cfg
+        if cfg is None:
+            if images is not None:
+                raise ValueError("this policy is text-only: it cannot be shown images (load a Qwen3-VL policy)")
+            return _Insert(seq, start + np.arange(len(seq)))
+        from gsjax.models.qwen3_vl import mrope_positions, vision_input
+
+        grids = np.zeros((0, 3), np.int64) if images is None else np.asarray(images.grids).reshape(-1, 3)
+        rel, _ = mrope_positions(seq, grids, cfg)
+        if seq and seq[-1] == cfg.image_token_id:
+            raise ValueError("an insert must not end inside an image (its last token is fed by decode)")
+        s.offset = int(start + rel.max(initial=-1) + 1) - (s.length + len(seq))
+        if images is None:
+            return _Insert(seq, start + rel)
+        merge = cfg.vision.spatial_merge_size ** 2
+        total = int(np.prod(grids, axis=-1).sum())
+        inputs = vision_input(np.asarray(seq)[None], images.values, grids, cfg, pad_to=next_pow2(max(total, merge)))
+        embeds, deepstack = self.programs.encode(self._weights, inputs.patches, inputs.layout)
+        return _Insert(seq, start + rel, VisionEmbeds(embeds, deepstack, np.asarray(inputs.token_index)[0]))
+
     def _prefill_queued(self) -> list[Turn]:
-        """Write queued tokens (after each slot's pending token) into the cache, in buckets."""
+        """Write queued tokens (after each slot's pending token) into the cache, in buckets; rows
+        with images one at a time, from their encoded images."""
         finished: list[Turn] = []
-        writes: dict[int, list[int]] = {}
+        writes: dict[int, _Insert] = {}
         for i, s in enumerate(self._slots):
             if not s.queued:
                 continue
-            seq = ([s.pending] if s.pending is not None else []) + s.queued
+            insert, s.insert = s.insert, None
+            seq = insert.tokens
             s.queued = []
             if s.length + len(seq) + 1 > self.cache_len:  # no room for even one sampled token
                 s.running = False
@@ -239,29 +301,46 @@ class Sampler:
                 continue
             s.pending = seq[-1]
             if len(seq) > 1:
-                writes[i] = seq[:-1]
+                writes[i] = insert.cut(len(seq) - 1)[0]
         longest = self.prefill_buckets[-1]
         while writes:  # chunked: at most `longest` tokens per row per call
-            rows = sorted(writes)
-            pieces = {r: writes[r][:longest] for r in rows}
-            length = _bucket(max(len(p) for p in pieces.values()), self.prefill_buckets)
-            n = _bucket(len(rows), self.row_buckets)
-            tokens = np.zeros((n, length), np.int32)
-            starts = np.zeros((n,), np.int32)
-            row_ids = np.full((n,), self.num_slots, np.int32)  # out of range = padding row
-            for j, r in enumerate(rows):
-                tokens[j, : len(pieces[r])] = pieces[r]
-                starts[j] = self._slots[r].length
-                row_ids[j] = r
-            self._cache = self._prefill_fn(self._weights, self._cache, row_ids, tokens, starts)
+            with_images = [r for r in sorted(writes) if writes[r].vision is not None]
+            rows = with_images[:1] or sorted(writes)
+            pieces = {}
             for r in rows:
-                self._slots[r].length += len(pieces[r])
-                rest = writes[r][longest:]
-                if rest:
+                pieces[r], rest = writes[r].cut(longest)
+                if rest.tokens:
                     writes[r] = rest
                 else:
                     del writes[r]
+            self._prefill_rows(pieces)
         return finished
+
+    def _prefill_rows(self, pieces: dict[int, _Insert]) -> None:
+        rows = sorted(pieces)
+        length = _bucket(max(len(p.tokens) for p in pieces.values()), self.prefill_buckets)
+        n = _bucket(len(rows), self.row_buckets)
+        tokens = np.zeros((n, length), np.int32)
+        starts = np.zeros((n,), np.int32)
+        row_ids = np.full((n,), self.num_slots, np.int32)  # out of range = padding row
+        rope = (3,) if self.cfg.mrope_section else ()
+        positions = np.zeros(rope + (n, length), np.int32)
+        for j, r in enumerate(rows):
+            k = len(pieces[r].tokens)
+            tokens[j, :k] = pieces[r].tokens
+            positions[..., j, :k] = np.broadcast_to(pieces[r].positions, rope + (k,))
+            starts[j] = self._slots[r].length
+            row_ids[j] = r
+        vision = pieces[rows[0]].vision
+        if vision is None:
+            self._cache = self._prefill_fn(self._weights, self._cache, row_ids, tokens, starts, positions)
+        else:
+            index = np.full((n, length), -1, np.int32)
+            index[0, :len(vision.token_index)] = vision.token_index
+            self._cache = self.programs.prefill_vision(self._weights, self._cache, row_ids, tokens, starts, positions,
+                                                       vision.embeds, vision.deepstack, index)
+        for r in rows:
+            self._slots[r].length += len(pieces[r].tokens)
 
     # ------------------------------------------------------------------ decode
 
@@ -276,12 +355,13 @@ class Sampler:
             np.int32,
         )
         seeds = np.array([s.seed for s in slots], np.int32)
+        offsets = np.array([s.offset for s in slots], np.int32)
         forced = np.full((self.chunk, len(slots)), -1, np.int32)
         for i, s in enumerate(slots):
             if s.running and s.forced:
                 head = s.forced[: self.chunk]
                 forced[: len(head), i] = head
-        self._cache, out = self._decode_fn(self._weights, self._cache, lengths, pending, running, room, seeds,
+        self._cache, out = self._decode_fn(self._weights, self._cache, lengths, offsets, pending, running, room, seeds,
                                            forced, self._key)
         tokens, logprobs, emitted, stopped, new_lengths = jax.device_get(out)
 
@@ -344,11 +424,14 @@ class SamplerPrograms:
     """The sampler's two jitted programs for one model, mesh and slot layout, with explicit
     shardings:
 
-    - `prefill(weights, cache, row_ids [R], tokens [R, T], starts [R]) -> cache` writes queued
-      tokens of R rows (slot ids; `num_slots` marks a padding row) into their slots;
-    - `decode(weights, cache, lengths, pending, running, room, seeds [N], forced [chunk, N], key)
-      -> (cache, (tokens, logprobs, emitted, stopped, lengths))` feeds each slot's pending token and
-      draws `chunk` more in one `lax.scan`.
+    - `prefill(weights, cache, row_ids [R], tokens [R, T], starts [R], positions [R, T] or
+      [3, R, T]) -> cache` writes queued tokens of R rows (slot ids; `num_slots` marks a padding
+      row) into their slots at cache entries starts + 0..T-1, rotated by `positions`;
+    - `decode(weights, cache, lengths, offsets, pending, running, room, seeds [N], forced
+      [chunk, N], key) -> (cache, (tokens, logprobs, emitted, stopped, lengths))` feeds each slot's
+      pending token and draws `chunk` more in one `lax.scan` (rotary position = length + offset);
+    - for a `VisionLM`: `encode(weights, patches, layout) -> (embeds, deepstack)` and
+      `prefill_vision(..., positions, embeds, deepstack, token_index [R, T])`.
 
     The cache is donated to both. `abstract_*` give the inputs as ShapeDtypeStructs with their
     shardings, for ahead-of-time compilation (`gsjax.plan`).
@@ -373,11 +456,16 @@ class SamplerPrograms:
         rep = NamedSharding(mesh, PartitionSpec())
         self._rep = rep
         self.jitted_prefill = jax.jit(self._prefill, donate_argnums=(1,),
-                                      in_shardings=(self.weight_shardings, self.cache_sharding, rep, rep, rep),
+                                      in_shardings=(self.weight_shardings, self.cache_sharding) + (rep,) * 4,
                                       out_shardings=self.cache_sharding)
         self.jitted_decode = jax.jit(self._decode, donate_argnums=(1,),
-                                     in_shardings=(self.weight_shardings, self.cache_sharding) + (rep,) * 7,
+                                     in_shardings=(self.weight_shardings, self.cache_sharding) + (rep,) * 8,
                                      out_shardings=(self.cache_sharding, rep))
+        # Images: small next to the cache, replicated.
+        self.jitted_encode = jax.jit(self._encode, out_shardings=(rep, rep))
+        self.jitted_prefill_vision = jax.jit(self._prefill_vision, donate_argnums=(1,),
+                                             in_shardings=(self.weight_shardings, self.cache_sharding) + (rep,) * 7,
+                                             out_shardings=self.cache_sharding)
 
     @contextlib.contextmanager
     def context(self):
@@ -392,6 +480,14 @@ class SamplerPrograms:
     def decode(self, *args):
         with self.context():
             return self.jitted_decode(*args)
+
+    def encode(self, *args):
+        with self.context():
+            return self.jitted_encode(*args)
+
+    def prefill_vision(self, *args):
+        with self.context():
+            return self.jitted_prefill_vision(*args)
 
     def place_weights(self, state) -> nnx.State:
         """`state` (the learner's parameters, on any mesh of this run) copied into the sampler's
@@ -419,13 +515,25 @@ class SamplerPrograms:
         with self.context():
             return fn()
 
-    def _prefill(self, weights, cache: KVCache, row_ids, tokens, starts) -> KVCache:
+    def _prefill(self, weights, cache: KVCache, row_ids, tokens, starts, positions) -> KVCache:
         self.counts[f"prefill[{tokens.shape[0]}x{tokens.shape[1]}]"] += 1
         model = nnx.merge(self.graphdef, weights)
-        _, cache = model.forward_cached(ModelInput(tokens), cache, starts, rows=row_ids)
+        _, cache = model.forward_cached(ModelInput(tokens, positions), cache, starts, rows=row_ids)
         return cache
 
-    def _decode(self, weights, cache, lengths, pending, running, room, seeds, forced, key):
+    def _encode(self, weights, patches, layout):
+        self.counts[f"encode[{patches.shape[0]}]"] += 1
+        return nnx.merge(self.graphdef, weights).encode_images(patches, layout)
+
+    def _prefill_vision(self, weights, cache: KVCache, row_ids, tokens, starts, positions, embeds, deepstack,
+                        token_index) -> KVCache:
+        self.counts[f"prefill_vision[{tokens.shape[0]}x{tokens.shape[1]},{embeds.shape[0]}]"] += 1
+        model = nnx.merge(self.graphdef, weights)
+        inputs = ModelInput(tokens, positions, None, VisionEmbeds(embeds, deepstack, token_index))
+        _, cache = model.forward_cached(inputs, cache, starts, rows=row_ids)
+        return cache
+
+    def _decode(self, weights, cache, lengths, offsets, pending, running, room, seeds, forced, key):
         self.counts["decode"] += 1
         model = nnx.merge(self.graphdef, weights)
         stop_ids = jnp.asarray(self.stop_token_ids, jnp.int32)
@@ -433,7 +541,10 @@ class SamplerPrograms:
 
         def body(carry, force):
             cache, lengths, pending, running, room = carry
-            hidden, cache = model.forward_cached(ModelInput(pending[:, None]), cache, lengths)
+            positions = (lengths + offsets)[:, None]
+            if self.cfg.mrope_section:
+                positions = jnp.broadcast_to(positions, (3,) + positions.shape)
+            hidden, cache = model.forward_cached(ModelInput(pending[:, None], positions), cache, lengths)
             row_keys = jax.vmap(jax.random.fold_in)(slot_keys, lengths)  # the position being sampled
             logits = model.logits(hidden[:, 0])
             tok, lp = sample(logits, row_keys, self.params)
@@ -468,13 +579,14 @@ class SamplerPrograms:
 
     def abstract_prefill_inputs(self, rows: int, length: int) -> tuple:
         i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=self._rep)  # noqa: E731
-        return (self.abstract_cache(), i32(rows), i32(rows, length), i32(rows))
+        rope = (3,) if self.cfg.mrope_section else ()
+        return (self.abstract_cache(), i32(rows), i32(rows, length), i32(rows), i32(*rope, rows, length))
 
     def abstract_decode_inputs(self) -> tuple:
         n = self.num_slots
         i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=self._rep)  # noqa: E731
         key = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype, sharding=self._rep)
-        return (self.abstract_cache(), i32(n), i32(n), jax.ShapeDtypeStruct((n,), jnp.bool_, sharding=self._rep),
+        return (self.abstract_cache(), i32(n), i32(n), i32(n), jax.ShapeDtypeStruct((n,), jnp.bool_, sharding=self._rep),
                 i32(n), i32(n), i32(self.chunk, n), key)
 
 

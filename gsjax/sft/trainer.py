@@ -3,7 +3,11 @@ warmup, gradient clipping, one jitted step for every batch (one row shape), micr
 token budget per device like the GRPO learner.
 
 With several processes, every process reads the same batch and trains on its share of the rows
-(a contiguous block); the loss is the token mean over the whole batch either way.
+(a contiguous block, with its images); the loss is the token mean over the whole batch either way.
+
+A vision-language policy's rows may hold images (`PackedBatch.images`, see `gsjax.sft.data`); by
+default its vision tower and mergers stay frozen (`train_vision=False`), as the reference's SFT
+has them (LLaMA-Factory `freeze_vision_tower: true`, `freeze_multi_modal_projector: true`).
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ import optax
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from gsjax.models.interface import CausalLM, ModelInput
+from gsjax.data.packing import RowImages
+from gsjax.data.vision_batch import model_input
+from gsjax.models.interface import CausalLM
 from gsjax.models.losses import token_logprobs
 from gsjax.sft.data import PackedBatch
-from gsjax.train_state import TrainState
+from gsjax.train_state import TrainState, except_vision
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +38,11 @@ class SFTConfig:
     clip_norm: float = 1.0
     micro_batch_tokens: int = 0  # per device and micro-batch; 0 = one micro-batch
     vocab_chunk: int = 0  # log-probabilities in vocabulary chunks of this size (0 = all at once)
+    # Train the vision tower and its mergers (a vision-language policy). False freezes all of
+    # `visual` (no update, no weight decay), as the reference's SFT does (freeze_vision_tower and
+    # freeze_multi_modal_projector in gen_qwen3_sft.yaml; LLaMA-Factory's Qwen3-VL keys leave out
+    # pos_embed and the deepstack mergers, which it would still train).
+    train_vision: bool = False
 
 
 def optimizer(cfg: SFTConfig) -> optax.GradientTransformation:
@@ -43,32 +54,34 @@ def optimizer(cfg: SFTConfig) -> optax.GradientTransformation:
 def sft_loss(model: CausalLM, batch, aux=None, *, vocab_chunk: int = 0) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Negative log-likelihood of the loss tokens, each weighted by `mean_weights` (1 / the batch's
     loss tokens: a token mean that adds up over micro-batches)."""
-    logp = token_logprobs(model, ModelInput(batch["tokens"], batch["positions"], batch["segment_ids"]),
-                          vocab_chunk=vocab_chunk)
+    logp = token_logprobs(model, model_input(batch), vocab_chunk=vocab_chunk)
     return -(logp * batch["mean_weights"]).sum(), {}
 
 
-def process_share(batch: PackedBatch) -> dict[str, np.ndarray]:
-    """This process's block of a batch's rows, with the token-mean weights of the whole batch."""
-    rows = batch.rows()
-    total = float(rows["loss_mask"].sum())
+def process_share(batch: PackedBatch) -> tuple[dict[str, np.ndarray], RowImages | None]:
+    """This process's block of a batch's rows, with the token-mean weights of the whole batch,
+    and the block's images."""
+    total = float(batch.loss_mask.sum())
     n, p = len(batch.tokens), jax.process_count()
     if n % p:
         raise ValueError(f"sft.rows_per_batch={n} does not divide over {p} processes")
-    share = {k: v[jax.process_index() * (n // p):(jax.process_index() + 1) * (n // p)] for k, v in rows.items()}
+    mine = batch.select(jax.process_index() * (n // p), (jax.process_index() + 1) * (n // p))
+    share = mine.rows()
     share["mean_weights"] = share["loss_mask"] / max(total, 1.0)
-    return share
+    return share, mine.images
 
 
 class SFTTrainer(TrainState):
     def __init__(self, model: CausalLM, cfg: SFTConfig, mesh: Mesh | None = None):
         loss = lambda m, b, aux: sft_loss(m, b, vocab_chunk=cfg.vocab_chunk)  # noqa: E731
-        super().__init__(model, optimizer(cfg), loss, mesh=mesh, micro_batch_tokens=cfg.micro_batch_tokens)
+        super().__init__(model, optimizer(cfg), loss, mesh=mesh, micro_batch_tokens=cfg.micro_batch_tokens,
+                         trainable=None if cfg.train_vision else except_vision)
         self.cfg = cfg
         self.step_count = 0
 
     def train_step(self, batch: PackedBatch) -> float:
-        loss = self.update(process_share(batch))["loss"]
+        rows, images = process_share(batch)
+        loss = self.update(rows, images=images)["loss"]
         self.step_count += 1
         return loss
 
