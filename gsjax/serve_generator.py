@@ -1,7 +1,7 @@
 """Serve the JAX Qwen-Image-Edit pipeline over the reference's `POST /generate` API, so one
 accelerator host serves many rollout workers (their `HttpGenerator` points at it unchanged).
 
-    python -m gsjax.serve_generator --model /ckpt/Qwen-Image-Edit-2509 --text-encoder /ckpt/qwen2-lm --port 8000
+    python -m gsjax.serve_generator --model /ckpt/Qwen-Image-Edit-2509 --port 8000   # its text_encoder/ (Qwen2.5-VL)
     python -m gsjax.serve_generator --tiny --port 8000      # random tiny pipeline (CPU, for trying it out)
 
 Request (reference-spec.md section 3): `{"image_urls": ["data:image/...;base64,..." | "http(s)://..."],
@@ -197,8 +197,8 @@ def tiny_pipeline(seed: int = 0):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="a diffusers Qwen-Image-Edit folder (transformer/, vae/, scheduler/)")
-    parser.add_argument("--text-encoder", help="a Qwen2-layout causal-LM folder with tokenizer.json "
-                        "(the Qwen2.5-VL language model's weights)")
+    parser.add_argument("--text-encoder", help="the text encoder: a Qwen2.5-VL folder (or a Qwen2-layout "
+                        "causal-LM folder, text only) with tokenizer.json; default: --model's text_encoder/")
     parser.add_argument("--tiny", action="store_true", help="serve a random tiny pipeline instead")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel size (the rest of the devices: fsdp)")
@@ -208,10 +208,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.tiny:
         generator = JaxGenerator(tiny_pipeline())
-    elif args.model and args.text_encoder:
-        generator = JaxGenerator.from_folders(args.model, args.text_encoder, dtype=args.dtype, tp=args.tp)
+    elif args.model:
+        generator = JaxGenerator.from_folders(args.model, args.text_encoder or args.model, dtype=args.dtype, tp=args.tp)
     else:
-        parser.error("give --model and --text-encoder, or --tiny")
+        parser.error("give --model (and optionally --text-encoder), or --tiny")
     server = GeneratorServer(generator, host=args.host, port=args.port).start()
     log.info("serving POST %s/generate", server.url)
     stop = threading.Event()

@@ -2,7 +2,8 @@
 
     generator: "world" (the offline world's renderer) | "http" (servers speaking the reference's
                POST /generate; `reward.generator_urls`) | "jax" (Qwen-Image-Edit in this process:
-               `reward.generator_model`, a diffusers folder, and `reward.generator_text_encoder`)
+               `reward.generator_model`, a diffusers folder, whose text_encoder/ is used unless
+               `reward.generator_text_encoder` names another text-encoder folder)
     judge:     "world" (the offline world's answer keys and pixels) | "openai" (any
                OpenAI-compatible chat API; the key is read from the variable `reward.judge_key_env`)
 """
@@ -34,10 +35,12 @@ def build_generator(cfg: ml_collections.ConfigDict, world_dir: Path | str | None
     if cfg.generator == "jax":
         from gsjax.rewards.generator_jax import JaxGenerator
 
-        if not cfg.generator_model or not cfg.generator_text_encoder:
+        if not cfg.generator_model:
             raise ValueError("reward.generator='jax' needs reward.generator_model (a diffusers Qwen-Image-Edit "
-                             "folder) and reward.generator_text_encoder (a Qwen2-layout LM folder)")
-        return JaxGenerator.from_folders(cfg.generator_model, cfg.generator_text_encoder, dtype=cfg.generator_dtype)
+                             "folder; its text_encoder/ is used unless reward.generator_text_encoder names a "
+                             "Qwen2.5-VL or Qwen2-layout LM folder)")
+        return JaxGenerator.from_folders(cfg.generator_model, cfg.generator_text_encoder or cfg.generator_model,
+                                         dtype=cfg.generator_dtype)
     raise ValueError(f"reward.generator must be one of {GENERATORS}, got {cfg.generator!r}")
 
 

@@ -35,18 +35,16 @@ class JaxGenerator:
     @classmethod
     def from_folders(cls, model: str, text_encoder: str, *, dtype: str = "bfloat16", tp: int = 1,
                      settings: EditSettings = EditSettings()) -> "JaxGenerator":
-        """A diffusers Qwen-Image-Edit folder (transformer/, vae/, scheduler/) and a Qwen2-layout
-        causal-LM folder with tokenizer.json (the Qwen2.5-VL language model), on all devices:
+        """A diffusers Qwen-Image-Edit folder (transformer/, vae/, scheduler/) and a text encoder
+        (`QwenTextEncoder.from_pretrained`: a pipeline folder's text_encoder/, a Qwen2.5-VL folder,
+        or a Qwen2-layout causal-LM folder, which cannot see the references), on all devices:
         tensor parallelism `tp`, fsdp over the rest."""
-        from gsjax.models import hf_io
         from gsjax.models.qwen_image import QwenImageEditPipeline
         from gsjax.models.qwen_image.text_encoder import QwenTextEncoder
         from gsjax.parallel import make_mesh
-        from gsjax.tokenizer import Tokenizer
 
         mesh = make_mesh({"fsdp": -1, "tp": tp})
-        encoder = QwenTextEncoder(hf_io.load_model(text_encoder, mesh, dtype=dtype, param_dtype=dtype),
-                                  Tokenizer.from_pretrained(text_encoder))
+        encoder = QwenTextEncoder.from_pretrained(text_encoder, mesh, dtype=dtype)
         return cls(QwenImageEditPipeline.from_pretrained(model, mesh, dtype=dtype, text_encoder=encoder), settings)
 
     def render(self, references: Sequence[Image.Image], prompt: str, seed: int,

@@ -1,5 +1,6 @@
 """Qwen-Image in JAX: the MMDiT transformer, the VAE, the flow-matching scheduler and the
-Edit-Plus sampling pipeline, loading and saving diffusers folders. See docs/qwen_image.md."""
+Edit-Plus sampling pipeline, loading and saving diffusers folders; the Qwen2.5-VL text encoder that
+sees the reference images is `text_encoder.QwenTextEncoder`. See docs/qwen_image.md."""
 
 from gsjax.models.qwen_image.pipeline import (
     PromptEmbeds,

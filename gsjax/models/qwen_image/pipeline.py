@@ -15,7 +15,8 @@ What happens (as diffusers' QwenImageEditPlusPipeline does it):
    to the conditional prediction's norm. The flow-matching Euler step follows.
 4. The latents are unpacked, de-normalised and decoded.
 
-Prompt embeddings come from a `TextEncoder` (see text_encoder.py) or are passed in directly.
+Prompt embeddings come from a text encoder (`text_encoder.QwenTextEncoder`: the prompt with the
+reference images, through Qwen2.5-VL) or are passed in directly.
 """
 
 from __future__ import annotations
@@ -306,8 +307,10 @@ class QwenImageEditPipeline:
         size: tuple[int, int] | None = None,
         noise: jax.Array | None = None,
     ) -> np.ndarray:
-        """uint8 images [B, H, W, 3]. Prompts are strings (needs a text encoder) or PromptEmbeds."""
-        prompt, negative = self._embed(prompt), None if negative is None else self._embed(negative)
+        """uint8 images [B, H, W, 3]. Prompts are strings (needs a text encoder, which sees the
+        references too, as diffusers encodes both prompts with them) or PromptEmbeds."""
+        prompt = self._embed(prompt, references)
+        negative = None if negative is None else self._embed(negative, references)
         width, height = size or self.output_size(references)
         refs = [preprocess(img, *fit_area(self.ref_area, img.size[0] / img.size[1])) for img in references]
         ref_tokens, ref_shapes = self.encode_references(refs)
@@ -317,9 +320,11 @@ class QwenImageEditPipeline:
                               num_steps=num_steps, true_cfg_scale=true_cfg_scale)
         return to_uint8(self.decode(latents, height, width))
 
-    def _embed(self, prompt: PromptEmbeds | str) -> PromptEmbeds:
+    def _embed(self, prompt: PromptEmbeds | str, references: Sequence[Image.Image]) -> PromptEmbeds:
         if isinstance(prompt, PromptEmbeds):
             return prompt
         if self.text_encoder is None:
             raise ValueError("this pipeline has no text encoder: pass PromptEmbeds instead of a prompt string")
-        return self.text_encoder.encode([prompt])
+        if not references:
+            return self.text_encoder.encode([prompt])
+        return self.text_encoder.encode([prompt], images=[list(references)])
