@@ -11,6 +11,9 @@
       --config.reward.generator_urls='("http://gen-host:8000",)' --config.reward.judge_base_url=https://api.openai.com/v1
       The reference's run: real search (SERPER_KEY_ID), Jina reader (JINA_API_KEYS), 8 prompts x 6
       samples per step, lr 1e-6, clip 0.2/0.28, dual clip 3, no KL, seq-mean-token-sum.
+  python -m gsjax.train --config=configs/grpo.py:qwen3vl_8b --config.model.path=/ckpt/Gen-Searcher-SFT-8B ...
+      The same recipe with the paper's policy, Qwen3-VL-8B: the tools' images (up to 5 per
+      response, each at most 160,000 pixels) are shown to it as pixels.
 """
 
 import ml_collections
@@ -83,18 +86,20 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         c.sft.update(steps=8, rows_per_batch=2, checkpoint_every=4)
         c.rl.update(steps=4, prompts_per_step=2, group_size=2, num_slots=4, checkpoint_every=2)
         c.eval.update(prompts=4, num_slots=4)
-    elif preset == "qwen3_8b":
-        # The reference's recipe (reference-spec.md section 5) at Qwen3-8B; `python -m gsjax.plan
-        # --config=configs/grpo.py:qwen3_8b --topology=v5p-16` compiles it (docs/scaling.md).
-        c.workdir = "runs/grpo_qwen3_8b"
+    elif preset in ("qwen3_8b", "qwen3vl_8b"):
+        # The reference's recipe (reference-spec.md section 5) at Qwen3-8B, or at Qwen3-VL-8B (the
+        # paper's policy, seeing the tools' images); `python -m gsjax.plan
+        # --config=configs/grpo.py:<preset> --topology=v5p-16` compiles it (docs/scaling.md).
+        c.workdir = f"runs/grpo_{preset}"
         c.data.world = False
-        c.model.architecture = "qwen3_8b"  # the shape gsjax.plan compiles; training loads model.path
+        c.model.architecture = preset  # the shape gsjax.plan compiles; training loads model.path
         c.model.update(dtype="bfloat16", param_dtype="float32",  # fp32 master weights: lr 1e-6 vanishes in bf16
                        scan_layers=True, remat="full", attention="splash", attention_block=512, cache_block=4096)
         c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tp=2))  # tp 2: sampler weights halved per chip
         c.agent.today = ""
         c.agent.limits.update(max_tokens_per_turn=4096 + 128, max_conversation_tokens=36000,
-                              max_response_tokens=30000, max_answer_refs=5, prompt="full")
+                              max_response_tokens=30000, max_answer_refs=5, prompt="full",
+                              images_per_response=5, max_pixels=160_000)
         c.tools.update(backend="http", extractive_sentences=0, workers=128)
         c.sft.steps = 0  # start from an SFT checkpoint (model.path)
         c.rl.update(steps=300, prompts_per_step=8, group_size=6, lr=1e-6, weight_decay=0.01, clip_low=0.2,
@@ -108,5 +113,5 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         c.reward.update(generator="http", judge="openai")
         c.eval.update(prompts=630, temperature=0.6, top_p=0.9, num_slots=16)
     else:
-        raise ValueError(f"unknown preset {preset!r} for configs/grpo.py; expected default, test or qwen3_8b")
+        raise ValueError(f"unknown preset {preset!r} for configs/grpo.py; expected default, test, qwen3_8b or qwen3vl_8b")
     return c

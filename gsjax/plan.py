@@ -232,25 +232,26 @@ def model_config(cfg) -> Any:
     """The config's policy architecture with its run settings: a checkpoint folder's config.json,
     a named architecture (`model.architecture`), or `model.tiny`."""
     from gsjax.models import hf_io
-    from gsjax.models.qwen3 import ARCHITECTURES, Qwen3Config
+    from gsjax.models.qwen3 import Qwen3Config
     from gsjax.train import run_settings
 
     run = run_settings(cfg)
     if cfg.model.path:
         return hf_io.load_config(cfg.model.path, **run)
     if cfg.model.architecture:
-        if cfg.model.architecture not in ARCHITECTURES:
-            raise SystemExit(f"error: model.architecture {cfg.model.architecture!r}; expected one of {sorted(ARCHITECTURES)}")
-        return dataclasses.replace(ARCHITECTURES[cfg.model.architecture], **run)
+        if cfg.model.architecture not in hf_io.ARCHITECTURES:
+            raise SystemExit(f"error: model.architecture {cfg.model.architecture!r}; expected one of "
+                             f"{sorted(hf_io.ARCHITECTURES)}")
+        return hf_io.with_run(hf_io.ARCHITECTURES[cfg.model.architecture], **run)
     return Qwen3Config(**cfg.model.tiny.to_dict(), **run)
 
 
 def abstract_model(model_cfg):
     from flax import nnx
 
-    from gsjax.models.qwen3 import Qwen3
+    from gsjax.models.hf_io import build_model
 
-    return nnx.eval_shape(lambda: Qwen3(model_cfg, rngs=nnx.Rngs(0)))
+    return nnx.eval_shape(lambda: build_model(model_cfg, nnx.Rngs(0)))
 
 
 def rollout_mesh(mesh):
@@ -286,19 +287,64 @@ def plan_rollout(cfg, model_cfg, mesh, with_flops: bool) -> list[Measured]:
     specs = {"KV cache": str(p.cache_sharding.k.spec)}
     out = [measure("rollout prefill", prefill, local, roles, f"{rows} rows x {length} tokens", specs),
            measure("rollout decode", decode, local, roles, f"{r.num_slots} slots x {chunk} steps", specs)]
-    if with_flops and not any(m.refused for m in out):
+    vision = []
+    if p.vl_cfg is not None:  # one tool response's images: encoded once, then prefilled
+        patches, merged = response_patches(cfg, p.vl_cfg)
+        with p.context():
+            encode = p.jitted_encode.lower(weights, *p.abstract_encode_inputs(patches))
+            prefill_vision = p.jitted_prefill_vision.lower(weights, *p.abstract_prefill_vision_inputs(length, merged))
+        images = cfg.agent.limits.images_per_response
+        tower = {"tower weights": per_chip_bytes(weights["visual"])}  # all the encoder takes
+        vision = [measure("rollout image encode", encode, local, tower,
+                          f"{images} images of <= {cfg.agent.limits.max_pixels:,} pixels: {patches} patches", specs),
+                  measure("rollout prefill (images)", prefill_vision, local, roles,
+                          f"1 row x {length} tokens, {merged} image tokens", specs)]
+    if with_flops and not any(m.refused for m in out + vision):
         def lowered(kind, layers):
-            small = dataclasses.replace(model_cfg, num_layers=layers, scan_layers=False, cache_block=0)
+            small = with_layers(model_cfg, layers)
             q, w = programs(small, decode_chunk=1)
             with q.context():
                 if kind == "prefill":
                     return q.jitted_prefill.lower(w, *q.abstract_prefill_inputs(rows, length))
+                if kind == "prefill_vision":
+                    return q.jitted_prefill_vision.lower(w, *q.abstract_prefill_vision_inputs(length, merged))
                 return q.jitted_decode.lower(w, *q.abstract_decode_inputs())
 
-        out[0].flops = extrapolated_flops(lambda n: lowered("prefill", n), model_cfg.num_layers)
-        out[1].flops = scaled(extrapolated_flops(lambda n: lowered("decode", n), model_cfg.num_layers), chunk)
+        layers = decoder(model_cfg).num_layers
+        out[0].flops = extrapolated_flops(lambda n: lowered("prefill", n), layers)
+        out[1].flops = scaled(extrapolated_flops(lambda n: lowered("decode", n), layers), chunk)
+        if vision:
+            vision[0].flops = flops_of(encode)  # the tower's blocks run as a Python loop: all counted
+            vision[1].flops = extrapolated_flops(lambda n: lowered("prefill_vision", n), layers)
     del jax
-    return out
+    return out + vision
+
+
+def decoder(model_cfg):
+    """The decoder's config (a vision-language config holds it as `text`)."""
+    return getattr(model_cfg, "text", model_cfg)
+
+
+def with_layers(model_cfg, layers: int):
+    """`model_cfg` with `layers` unscanned decoder layers (for FLOPs by extrapolation)."""
+    small = dataclasses.replace(decoder(model_cfg), num_layers=layers, scan_layers=False, cache_block=0)
+    return dataclasses.replace(model_cfg, text=small) if hasattr(model_cfg, "text") else small
+
+
+def response_patches(cfg, vl_cfg) -> tuple[int, int]:
+    """Patches (bucketed as the sampler buckets them) and merged image tokens of one tool response
+    at its most: `images_per_response` images of at most `max_pixels` pixels."""
+    from gsjax.agent.vision import PolicyImages
+    from gsjax.data.images import smart_resize
+    from gsjax.train_state import next_pow2
+
+    limits = cfg.agent.limits
+    images = PolicyImages.for_tower(vl_cfg.vision, limits.max_pixels)
+    side = int(math.isqrt(limits.max_pixels))
+    h, w = smart_resize(side, side, images.processor.factor, images.processor.min_pixels, images.processor.max_pixels)
+    per_image = (h // vl_cfg.vision.patch_size) * (w // vl_cfg.vision.patch_size)
+    total = per_image * limits.images_per_response
+    return next_pow2(total), next_pow2(total) // vl_cfg.vision.spatial_merge_size ** 2
 
 
 def _learner_roles(trainer, batch_bytes: int) -> dict[str, int]:
@@ -326,11 +372,11 @@ def plan_learner(name: str, make_trainer: Callable[[Any], Any], fields: dict, ro
                 {"batch": str(next(iter(batch.values())).sharding.spec)})
     if with_flops and not m.refused:
         def small(layers):
-            t = make_trainer(dataclasses.replace(model_cfg, num_layers=layers, scan_layers=False))
+            t = make_trainer(with_layers(model_cfg, layers))
             return t.lower_update(fields, 1, per_micro, row_len, t.params if aux else None)
 
         # Micro-batches past the batch's rows are all padding and skipped (lax.cond): not counted.
-        m.flops = scaled(extrapolated_flops(small, model_cfg.num_layers), math.ceil(rows / per_micro))
+        m.flops = scaled(extrapolated_flops(small, decoder(model_cfg).num_layers), math.ceil(rows / per_micro))
     return m
 
 
@@ -431,7 +477,7 @@ def report(topology: Topology, mesh_shape: dict, measured: Sequence[Measured], r
     lines = [f"{topology.name}: {topology.chips} x {chip.name}"
              + (f", {fmt_gib(hbm)} GiB HBM and {chip.peak_flops / 1e12:.0f} TFLOP/s bf16 each" if hbm else "")
              + f"; mesh {mesh_shape}", "",
-             f"{'program':<18} {'mesh':<10} {'inputs by role (GiB per chip)':<58} {'temp':>7} {'total':>7} "
+             f"{'program':<24} {'mesh':<10} {'inputs by role (GiB per chip)':<58} {'temp':>7} {'total':>7} "
              f"{'HBM':>7}  {'fits?':<12} {'FLOP':>9} {'time @' + format(mfu, '.0%') + ' MFU':>14}"]
     ok = True
     for m in measured:
@@ -442,9 +488,9 @@ def report(topology: Topology, mesh_shape: dict, measured: Sequence[Measured], r
         mesh = "x".join(str(v) for v in m.mesh.values())
         tflop = f"{m.flops:.3g}" if m.flops is not None else "-"
         time = (f"{m.flops / (chip.peak_flops * mfu) * 1e3:.1f} ms" if m.flops is not None and chip.peak_flops else "-")
-        lines.append(f"{m.name:<18} {mesh:<10} {roles:<58} {fmt_gib(m.temp):>7} {fmt_gib(m.total):>7} "
+        lines.append(f"{m.name:<24} {mesh:<10} {roles:<58} {fmt_gib(m.temp):>7} {fmt_gib(m.total):>7} "
                      f"{fmt_gib(hbm) if hbm else '-':>7}  {verdict:<12} {tflop:>9} {time:>14}")
-        lines.append(f"{'':<18} {m.note}")
+        lines.append(f"{'':<24} {m.note}")
     if resident:
         total = sum(resident.values())
         fits = total <= hbm if hbm else None
@@ -507,10 +553,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = wanted - {"rollout", "grpo", "sft"}
     if unknown:
         raise SystemExit(f"error: --programs {sorted(unknown)}; expected rollout, grpo, sft")
-    print(f"model: {model_cfg.num_params() / 1e9:.2f} B parameters ({model_cfg.num_layers} layers, "
-          f"d={model_cfg.hidden_size}, vocab {model_cfg.vocab_size}), params {model_cfg.param_dtype}, "
-          f"compute {model_cfg.dtype}, scan_layers={model_cfg.scan_layers}, remat={model_cfg.remat}, "
-          f"attention={model_cfg.attention}", flush=True)
+    dec = decoder(model_cfg)
+    tower = f", vision tower {model_cfg.vision.num_params() / 1e9:.2f} B" if dec is not model_cfg else ""
+    print(f"model: {model_cfg.num_params() / 1e9:.2f} B parameters ({dec.num_layers} layers, "
+          f"d={dec.hidden_size}, vocab {dec.vocab_size}{tower}), params {dec.param_dtype}, "
+          f"compute {dec.dtype}, scan_layers={dec.scan_layers}, remat={dec.remat}, "
+          f"attention={dec.attention}", flush=True)
     measured: list[Measured] = []
     if cfg.rl.steps > 0 and "rollout" in wanted:
         measured += plan_rollout(cfg, model_cfg, mesh, with_flops)

@@ -73,3 +73,38 @@ def test_topologies_and_their_errors():
     assert parse_topology("cpu:8").chips == 8
     with pytest.raises(SystemExit, match="unknown --topology 'v9-1'"):
         parse_topology("v9-1")
+
+
+def test_a_vision_language_policy_plans_its_image_programs():
+    """The sampler programs a Qwen3-VL policy adds (image encode, prefill from image embeddings)
+    lower and compile from abstract inputs, as the planner compiles them; one tool response of 5
+    images of at most 160,000 pixels is 5 x 156 merged tokens at most, bucketed."""
+    import jax
+    import ml_collections
+    from flax import nnx
+
+    from gsjax.models.qwen3 import tiny_config
+    from gsjax.models.qwen3_vl import QWEN3VL_8B, Qwen3VL, Qwen3VLConfig
+    from gsjax.models.qwen3_vl_vision import tiny_vision_config
+    from gsjax.parallel import make_mesh
+    from gsjax.plan import response_patches
+    from gsjax.sampling import SamplingParams
+    from gsjax.sampling.sampler import SamplerPrograms
+
+    limits = ml_collections.ConfigDict({"agent": {"limits": {"max_pixels": 160_000, "images_per_response": 5}}})
+    assert response_patches(limits, QWEN3VL_8B) == (4096, 1024)  # 5 x 624 patches, 5 x 156 tokens
+    cfg = Qwen3VLConfig(tiny_config(vocab_size=64, hidden_size=48, num_heads=4, num_kv_heads=2, head_dim=12,
+                                    mrope_section=(2, 2, 2)),
+                        tiny_vision_config(out_hidden_size=48), image_token_id=60, vision_start_token_id=61,
+                        vision_end_token_id=62, video_token_id=63)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Qwen3VL(cfg, rngs=nnx.Rngs(0))))
+    p = SamplerPrograms(graphdef, state, make_mesh({"data": 1}, jax.devices()[:1]), params=SamplingParams(),
+                        stop_token_ids=(0,), num_slots=2, cache_len=64, chunk=2)
+    weights = p.abstract_weights(state)
+    with p.context():
+        encode = p.jitted_encode.lower(weights, *p.abstract_encode_inputs(64)).compile()
+        prefill = p.jitted_prefill_vision.lower(weights, *p.abstract_prefill_vision_inputs(16, 16)).compile()
+        text = p.jitted_prefill.lower(weights, *p.abstract_prefill_inputs(2, 16)).compile()
+    embeds, deepstack = jax.eval_shape(lambda w, *a: p._encode(w, *a), weights, *p.abstract_encode_inputs(64))
+    assert embeds.shape == (16, 48) and deepstack.shape == (2, 16, 48)
+    assert all(c.memory_analysis() is not None for c in (encode, prefill, text))

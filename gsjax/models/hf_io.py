@@ -24,8 +24,8 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from gsjax.models.layout import CheckpointError, TensorMap, same, transposed
-from gsjax.models.qwen3 import Qwen3, Qwen3Config
-from gsjax.models.qwen3_vl import Qwen3VL, Qwen3VLConfig
+from gsjax.models.qwen3 import QWEN3_8B, Qwen3, Qwen3Config
+from gsjax.models.qwen3_vl import QWEN3VL_8B, Qwen3VL, Qwen3VLConfig
 from gsjax.models.qwen3_vl_vision import VisionConfig, vision_tensor_layout
 from gsjax.parallel import logical_to_spec
 
@@ -33,6 +33,7 @@ VL_ARCHITECTURE = "Qwen3VLForConditionalGeneration"
 SUPPORTED_ARCHITECTURES = {"Qwen3ForCausalLM": "qwen3", "Qwen2ForCausalLM": "qwen2", VL_ARCHITECTURE: "qwen3_vl"}
 ModelConfig = Qwen3Config | Qwen3VLConfig
 Model = Qwen3 | Qwen3VL
+ARCHITECTURES: dict[str, ModelConfig] = {"qwen3_8b": QWEN3_8B, "qwen3vl_8b": QWEN3VL_8B}  # planning without a folder
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 # Buffers some exporters write that carry no learned state.
@@ -348,6 +349,19 @@ def load_tensors_into(
 
 # Qwen3Config fields a caller may set when loading: how to run the model, not what it is.
 RUN_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat", "attention", "attention_block", "cache_block")
+
+
+def with_run(cfg: ModelConfig, **run: Any) -> ModelConfig:
+    """`cfg` with RUN_FIELDS set (on the decoder; the dtypes on a vision tower too)."""
+    unknown = sorted(set(run) - set(RUN_FIELDS))
+    if unknown:
+        raise TypeError(f"unknown run setting(s) {unknown}; expected {RUN_FIELDS}")
+    run = {k: v for k, v in run.items() if v is not None and v != ""}
+    if not isinstance(cfg, Qwen3VLConfig):
+        return dataclasses.replace(cfg, **run)
+    dtypes = {k: v for k, v in run.items() if k in ("dtype", "param_dtype")}
+    return dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, **run),
+                               vision=dataclasses.replace(cfg.vision, **dtypes))
 
 
 def model_layout(cfg: ModelConfig) -> list[TensorMap]:

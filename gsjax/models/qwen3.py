@@ -131,9 +131,6 @@ QWEN3_8B = Qwen3Config(
 )
 
 
-ARCHITECTURES = {"qwen3_8b": QWEN3_8B}  # by name, for planning without a checkpoint folder
-
-
 # Deepstack features and where they go: ([k, N, embed] features, [B, T] index into N, -1 elsewhere).
 Deepstack = tuple[jax.Array, jax.Array]
 

@@ -439,7 +439,9 @@ class SamplerPrograms:
 
     def __init__(self, graphdef, state, mesh: Mesh, *, params: SamplingParams, stop_token_ids: Sequence[int],
                  num_slots: int, cache_len: int, chunk: int, counts: collections.Counter | None = None):
-        self.graphdef, self.mesh, self.cfg = graphdef, mesh, nnx.merge(graphdef, state).cfg
+        model = nnx.merge(graphdef, state)
+        self.graphdef, self.mesh, self.cfg = graphdef, mesh, model.cfg
+        self.vl_cfg = model.vl_cfg if isinstance(model, VisionLM) else None
         self.params, self.stop_token_ids = params, tuple(stop_token_ids) or (-1,)
         self.num_slots, self.cache_len, self.chunk = num_slots, cache_len, chunk
         self.counts = collections.Counter() if counts is None else counts
@@ -581,6 +583,26 @@ class SamplerPrograms:
         i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=self._rep)  # noqa: E731
         rope = (3,) if self.cfg.mrope_section else ()
         return (self.abstract_cache(), i32(rows), i32(rows, length), i32(rows), i32(*rope, rows, length))
+
+    def abstract_encode_inputs(self, patches: int) -> tuple:
+        """Abstract inputs of `encode` for a bucket of `patches` patches (a VisionLM's programs)."""
+        from gsjax.models.qwen3_vl_vision import VisionLayout, vision_layout
+
+        vision = self.vl_cfg.vision
+        host = vision_layout(np.zeros((0, 3), np.int64), vision, pad_to=patches)  # shapes only
+        spec = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self._rep)  # noqa: E731
+        return (jax.ShapeDtypeStruct((patches, vision.patch_dim), jnp.float32, sharding=self._rep),
+                VisionLayout(*(spec(a) for a in host[:4]), tokens_per_image=None))
+
+    def abstract_prefill_vision_inputs(self, length: int, embeds: int) -> tuple:
+        """Abstract inputs of `prefill_vision`: one row of `length` tokens, `embeds` merged image
+        embeddings."""
+        i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=self._rep)  # noqa: E731
+        e, k = self.cfg.hidden_size, len(self.vl_cfg.vision.deepstack_visual_indexes)
+        dt = self.cfg.jnp_dtype
+        return (self.abstract_cache(), i32(1), i32(1, length), i32(1), i32(3, 1, length),
+                jax.ShapeDtypeStruct((embeds, e), dt, sharding=self._rep),
+                jax.ShapeDtypeStruct((k, embeds, e), dt, sharding=self._rep), i32(1, length))
 
     def abstract_decode_inputs(self) -> tuple:
         n = self.num_slots
