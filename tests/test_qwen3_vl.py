@@ -16,7 +16,8 @@ from transformers import Qwen3VLForConditionalGeneration
 from gsjax.models import hf_io
 from gsjax.models.interface import ModelInput
 from gsjax.models.qwen3 import init_cache
-from gsjax.models.qwen3_vl import Qwen3VL, image_token_index, mrope_positions, vision_input
+from gsjax.models.qwen3_vl import Qwen3VL, mrope_positions, vision_input
+from gsjax.models.vlm import image_token_index
 
 IMAGE, VIDEO, START, END = 290, 291, 292, 293
 GRIDS = np.array([[1, 4, 6], [1, 6, 4]])  # two images: 24 patches (6 tokens) each, transposed shapes

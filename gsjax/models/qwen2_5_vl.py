@@ -31,13 +31,13 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from gsjax.models import hf_io
-from gsjax.models.interface import ModelInput, VisionEmbeds, VisionInput
+from gsjax.models import hf_io, vlm
+from gsjax.models.interface import VisionInput
 from gsjax.models.layout import CheckpointError, TensorMap
 from gsjax.models.qwen2_5_vl_vision import VisionConfig, VisionTower, vision_layout, vision_tensor_layout
-from gsjax.models.qwen3 import KVCache, Qwen3, Qwen3Config
-from gsjax.models.qwen3_vl import image_token_index, mrope_positions
-from gsjax.parallel import constrain
+from gsjax.models.qwen3 import Qwen3, Qwen3Config
+from gsjax.models.qwen3_vl import mrope_positions
+from gsjax.models.vlm import VisionLanguageModel
 
 ARCHITECTURE = "Qwen2_5_VLForConditionalGeneration"
 # transformers' Qwen2_5_VLConfig defaults, used when a config.json leaves them out.
@@ -82,49 +82,17 @@ QWEN2_5_VL_7B = Qwen25VLConfig(
 )
 
 
-class Qwen25VL(nnx.Module):
+class Qwen25VL(VisionLanguageModel):
     def __init__(self, cfg: Qwen25VLConfig, *, rngs: nnx.Rngs):
         self.vl_cfg = cfg
         self.cfg = cfg.text  # what the sampler and the learner read (the seam's `cfg`)
         self.visual = VisionTower(cfg.vision, rngs=rngs)
         self.language_model = Qwen3(cfg.text, rngs=rngs)
 
-    def head(self) -> jax.Array:
-        return self.language_model.head()
-
-    def logits(self, hidden: jax.Array) -> jax.Array:
-        return self.language_model.logits(hidden)
-
-    def encode_images(self, patches: jax.Array, layout) -> jax.Array:
-        return self.visual(patches, layout)
-
-    def _embed(self, inputs: ModelInput) -> jax.Array:
-        """Input embeddings with the images' merged embeddings at their tokens."""
-        if not isinstance(inputs, ModelInput):
-            raise TypeError(f"expected a gsjax.models.interface.ModelInput, got {type(inputs).__name__}")
-        x = self.language_model.embed_tokens(inputs.tokens)
-        v = inputs.vision
-        if v is None:
-            return x
-        if isinstance(v, VisionEmbeds):
-            if v.deepstack.shape[0]:
-                raise ValueError(f"Qwen2.5-VL has no deepstack features; got {v.deepstack.shape[0]}")
-            embeds = v.embeds
-        else:
-            embeds = self.encode_images(v.patches, v.layout)
-        index = v.token_index
-        picked = jnp.take(embeds, jnp.maximum(index, 0), axis=0).astype(x.dtype)
-        return constrain(jnp.where((index >= 0)[..., None], picked, x), ("act_batch", "act_len", "act_embed"))
-
-    def hidden_states(self, inputs: ModelInput) -> jax.Array:
-        return self.language_model.decode(self._embed(inputs), inputs.positions, inputs.segment_ids)
-
-    def __call__(self, inputs: ModelInput) -> jax.Array:
-        return constrain(self.logits(self.hidden_states(inputs)), ("act_batch", "act_len", "act_vocab"))
-
-    def forward_cached(self, inputs: ModelInput, cache: KVCache, starts: jax.Array, rows: jax.Array | None = None
-                       ) -> tuple[jax.Array, KVCache]:
-        return self.language_model.decode_cached(self._embed(inputs), cache, starts, rows, inputs.positions)
+    def encode_images(self, patches: jax.Array, layout) -> tuple[jax.Array, jax.Array]:
+        """Merged embeddings and no deepstack features (Qwen2.5-VL has none)."""
+        embeds = self.visual(patches, layout)
+        return embeds, jnp.zeros((0, *embeds.shape), embeds.dtype)
 
 
 # ----------------------------------------------------------------------------- host side (NumPy)
@@ -148,16 +116,7 @@ def vision_input(tokens: np.ndarray, pixel_values: np.ndarray, grids: np.ndarray
                  pad_to: int | None = None) -> VisionInput:
     """The `VisionInput` of a batch `tokens` [B, T] whose images (in row-major order) are the
     processor's `pixel_values` rows with patch grids `grids` [n, 3]; patches padded to `pad_to`."""
-    grids = np.asarray(grids, np.int64).reshape(-1, 3)
-    layout = vision_layout(grids, cfg.vision, pad_to=pad_to)
-    patches = np.asarray(pixel_values, np.float32)
-    total = int(np.prod(grids, axis=-1).sum()) if len(grids) else 0
-    if patches.shape[0] != total:
-        raise ValueError(f"pixel_values has {patches.shape[0]} patch rows; the grids {grids.tolist()} need {total}")
-    size = pad_to if pad_to is not None else total
-    patches = np.pad(patches, ((0, size - total), (0, 0)))
-    index = image_token_index(tokens, cfg.image_token_id, total // cfg.vision.merge_unit)
-    return VisionInput(jnp.asarray(patches), layout.on_device(), jnp.asarray(index))
+    return vlm.vision_input(tokens, pixel_values, grids, cfg, vision_layout, pad_to)
 
 
 # ----------------------------------------------------------------------------- checkpoints

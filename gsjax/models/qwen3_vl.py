@@ -19,14 +19,14 @@ import dataclasses
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gsjax.models.interface import ModelInput, Pixels, VisionEmbeds, VisionInput
-from gsjax.models.qwen3 import QWEN3_8B, KVCache, Qwen3, Qwen3Config
+from gsjax.models import vlm
+from gsjax.models.interface import VisionInput
+from gsjax.models.qwen3 import QWEN3_8B, Qwen3, Qwen3Config
 from gsjax.models.qwen3_vl_vision import VisionConfig, VisionTower, vision_layout
-from gsjax.parallel import constrain
+from gsjax.models.vlm import VisionLanguageModel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,51 +61,15 @@ QWEN3VL_8B = Qwen3VLConfig(
 )
 
 
-class Qwen3VL(nnx.Module):
+class Qwen3VL(VisionLanguageModel):
     def __init__(self, cfg: Qwen3VLConfig, *, rngs: nnx.Rngs):
         self.vl_cfg = cfg
         self.cfg = cfg.text  # what the sampler and the learner read (the seam's `cfg`)
         self.visual = VisionTower(cfg.vision, rngs=rngs)
         self.language_model = Qwen3(cfg.text, rngs=rngs)
 
-    def head(self) -> jax.Array:
-        return self.language_model.head()
-
-    def logits(self, hidden: jax.Array) -> jax.Array:
-        return self.language_model.logits(hidden)
-
     def encode_images(self, patches: jax.Array, layout) -> tuple[jax.Array, jax.Array]:
         return self.visual(patches, layout)
-
-    def _embed(self, inputs: ModelInput):
-        """Input embeddings with the images' merged embeddings at their tokens, and the deepstack
-        features with where they go (None without images)."""
-        if not isinstance(inputs, ModelInput):
-            raise TypeError(f"expected a gsjax.models.interface.ModelInput, got {type(inputs).__name__}")
-        x = self.language_model.embed_tokens(inputs.tokens)
-        v = inputs.vision
-        if v is None:
-            return x, None
-        if isinstance(v, VisionEmbeds):
-            embeds, deepstack = v.embeds, v.deepstack
-        else:
-            embeds, deepstack = self.encode_images(v.patches, v.layout)
-        index = v.token_index
-        picked = jnp.take(embeds, jnp.maximum(index, 0), axis=0).astype(x.dtype)
-        x = constrain(jnp.where((index >= 0)[..., None], picked, x), ("act_batch", "act_len", "act_embed"))
-        return x, (deepstack, index)
-
-    def hidden_states(self, inputs: ModelInput) -> jax.Array:
-        x, deepstack = self._embed(inputs)
-        return self.language_model.decode(x, inputs.positions, inputs.segment_ids, deepstack)
-
-    def __call__(self, inputs: ModelInput) -> jax.Array:
-        return constrain(self.logits(self.hidden_states(inputs)), ("act_batch", "act_len", "act_vocab"))
-
-    def forward_cached(self, inputs: ModelInput, cache: KVCache, starts: jax.Array, rows: jax.Array | None = None
-                       ) -> tuple[jax.Array, KVCache]:
-        x, deepstack = self._embed(inputs)
-        return self.language_model.decode_cached(x, cache, starts, rows, inputs.positions, deepstack)
 
 
 # ----------------------------------------------------------------------------- host side (NumPy)
@@ -147,30 +111,8 @@ def mrope_positions(tokens: Sequence[int], grids: np.ndarray, cfg: Qwen3VLConfig
     return out, int(out.max(initial=-1) + 1 - len(tokens))
 
 
-def image_token_index(tokens: np.ndarray, image_token_id: int, num_embeddings: int) -> np.ndarray:
-    """[B, T] index of each image token's merged embedding (image tokens numbered in row-major
-    order, which is the order of the rows' images), -1 for every other token."""
-    is_image = np.asarray(tokens) == image_token_id
-    count = int(is_image.sum())
-    if count != num_embeddings:
-        raise ValueError(f"the tokens hold {count} image tokens but the images give {num_embeddings} embeddings")
-    index = np.full(is_image.shape, -1, np.int32)
-    index[is_image] = np.arange(count, dtype=np.int32)
-    return index
-
-
 def vision_input(tokens: np.ndarray, pixel_values: np.ndarray, grids: np.ndarray, cfg: Qwen3VLConfig,
                  pad_to: int | None = None) -> VisionInput:
     """The `VisionInput` of a batch `tokens` [B, T] whose images (in row-major order) are the
     processor's `pixel_values` rows with patch grids `grids` [n, 3]; patches padded to `pad_to`."""
-    grids = np.asarray(grids, np.int64).reshape(-1, 3)
-    layout = vision_layout(grids, cfg.vision, pad_to=pad_to)
-    patches = np.asarray(pixel_values, np.float32)
-    total = int(np.prod(grids, axis=-1).sum()) if len(grids) else 0
-    if patches.shape[0] != total:
-        raise ValueError(f"pixel_values has {patches.shape[0]} patch rows; the grids {grids.tolist()} need {total}")
-    size = pad_to if pad_to is not None else total
-    patches = np.pad(patches, ((0, size - total), (0, 0)))
-    merged = total // cfg.vision.spatial_merge_size ** 2
-    index = image_token_index(tokens, cfg.image_token_id, merged)
-    return VisionInput(jnp.asarray(patches), layout.on_device(), jnp.asarray(index))
+    return vlm.vision_input(tokens, pixel_values, grids, cfg, vision_layout, pad_to)
