@@ -64,13 +64,15 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
 
     c.sft = ml_collections.ConfigDict(dict(
         steps=1000, lr=3e-3, warmup_frac=0.05, weight_decay=1e-6, clip_norm=1.0, row_len=1024, rows_per_batch=2,
-        micro_batch_tokens=0, vocab_chunk=0, checkpoint_every=100, keep_checkpoints=2))
+        micro_batch_tokens=0, vocab_chunk=0, checkpoint_every=100, keep_checkpoints=2,
+        train_vision=False))  # a Qwen3-VL policy's tower and mergers stay frozen in SFT, as the reference's
 
     c.rl = ml_collections.ConfigDict(dict(
         steps=30, prompts_per_step=8, group_size=4, lr=5e-4, weight_decay=0.01, clip_norm=1.0,
         temperature=1.0, top_p=1.0, top_k=0, clip_low=0.2, clip_high=0.28, dual_clip=3.0, kl_coef=0.0,
         loss_agg="seq-mean-token-sum", normalize_std=True, drop_degenerate_groups=False, mismatch_cap=0.0,
-        num_slots=32, cache_len=1024, micro_batch_tokens=0, vocab_chunk=0, checkpoint_every=5, keep_checkpoints=2))
+        num_slots=32, cache_len=1024, micro_batch_tokens=0, vocab_chunk=0, checkpoint_every=5, keep_checkpoints=2,
+        train_vision=True))  # the reference's RL trains the whole model (verl freeze_vision_tower: false)
 
     c.reward = reward_config()
 

@@ -51,6 +51,8 @@ from gsjax.agent.tools.toolbox import NoTools
 from gsjax.checkpoint import Checkpointer
 from gsjax.data.formats import SFTExample, read_knowgen, read_rl_data, read_sft_data
 from gsjax.fileio import atomic_write
+from gsjax.agent.vision import PolicyImages
+from gsjax.models.interface import VisionLM
 from gsjax.models.qwen3 import Qwen3, Qwen3Config
 from gsjax.parallel import barrier, initialize_distributed, is_primary, make_mesh, process_mesh, process_share, shard_module
 from gsjax.rewards.backends import build_rewards
@@ -58,7 +60,7 @@ from gsjax.rl.grpo import LossConfig
 from gsjax.rl.loop import GRPOLoop, Prompt, evaluate
 from gsjax.rl.trainer import GRPOConfig, GRPOTrainer
 from gsjax.sampling import SamplingParams
-from gsjax.sft.data import batches, encode
+from gsjax.sft.data import SFTImages, batches, encode
 from gsjax.sft.trainer import SFTConfig, SFTTrainer
 from gsjax.tokenizer import Tokenizer
 
@@ -154,6 +156,16 @@ def _save(ckpt: Checkpointer, trainer, record: dict) -> None:
     ckpt.save(record["step"], {"params": trainer.params, "opt": trainer.opt_state}, record)
 
 
+def sft_images(policy: Policy) -> dict:
+    """`encode`'s image settings for a vision-language policy (the examples' image files as the
+    reference's SFT shows them); none for a text-only one (one placeholder per image)."""
+    if not isinstance(policy.model, VisionLM):
+        return {}
+    vision = policy.model.vl_cfg.vision
+    processor = PolicyImages.for_tower(vision, policy.limits.max_pixels).processor
+    return dict(images=SFTImages(processor, policy.limits.max_pixels), merge_size=vision.spatial_merge_size)
+
+
 def sft_phase(cfg: ml_collections.ConfigDict, workdir: Path, policy: Policy, examples: list[SFTExample],
               mlog: metrics_lib.MetricsLog, mesh) -> Policy:
     out = workdir / "policy_sft"
@@ -164,7 +176,7 @@ def sft_phase(cfg: ml_collections.ConfigDict, workdir: Path, policy: Policy, exa
         return policy
     if not examples:
         raise ValueError("sft.steps > 0 but there are no SFT examples (data.sft_data)")
-    encoded = [encode(policy.tokenizer, ex, s.row_len + 1) for ex in examples]
+    encoded = [encode(policy.tokenizer, ex, s.row_len + 1, **sft_images(policy)) for ex in examples]
     kept = [e for e in encoded if len(e.ids) <= s.row_len]  # a cut trajectory would lose its answer
     if not kept:
         raise ValueError(f"every SFT example is longer than sft.row_len={s.row_len} tokens")
@@ -172,9 +184,14 @@ def sft_phase(cfg: ml_collections.ConfigDict, workdir: Path, policy: Policy, exa
         log.info("SFT: %d of %d examples are longer than sft.row_len=%d tokens and are left out",
                  len(encoded) - len(kept), len(encoded), s.row_len)
     encoded = kept
+    shown = sum(len(e.image_grids) for e in encoded if e.image_grids is not None)
+    if shown:
+        log.info("SFT: %d images shown to the policy as pixels (%d patches)", shown,
+                 sum(int(e.image_grids.prod(axis=1).sum()) for e in encoded if e.image_grids is not None))
     trainer = SFTTrainer(policy.model, SFTConfig(steps=s.steps, lr=s.lr, warmup_frac=s.warmup_frac,
                                                   weight_decay=s.weight_decay, clip_norm=s.clip_norm,
-                                                  micro_batch_tokens=s.micro_batch_tokens, vocab_chunk=s.vocab_chunk),
+                                                  micro_batch_tokens=s.micro_batch_tokens, vocab_chunk=s.vocab_chunk,
+                                                  train_vision=s.train_vision),
                          mesh=mesh)
     data = batches(encoded, s.row_len, s.rows_per_batch, cfg.seed)
     with Checkpointer(workdir / "ckpt_sft", keep=s.keep_checkpoints) as ckpt:
@@ -225,7 +242,8 @@ def grpo_phase(cfg: ml_collections.ConfigDict, workdir: Path, policy: Policy, pr
     trainer = GRPOTrainer(nnx.merge(graphdef, jax.tree.map(jnp.copy, state)), GRPOConfig(
         lr=r.lr, weight_decay=r.weight_decay, clip_norm=r.clip_norm, temperature=r.temperature,
         normalize_std=r.normalize_std, drop_degenerate_groups=r.drop_degenerate_groups, loss=loss,
-        row_len=learner_row_len(cfg), micro_batch_tokens=r.micro_batch_tokens, vocab_chunk=r.vocab_chunk), mesh=mesh)
+        row_len=learner_row_len(cfg), micro_batch_tokens=r.micro_batch_tokens, vocab_chunk=r.vocab_chunk,
+        train_vision=r.train_vision), mesh=mesh)
     sampler = policy.sampler(r.num_slots, r.cache_len, seed=cfg.seed, mesh=process_mesh(mesh))
     loop = GRPOLoop(trainer, policy.engine(sampler, toolbox, today), rewards, r.group_size)
     stream = prompt_stream(len(prompts), r.prompts_per_step, cfg.seed)
