@@ -31,8 +31,9 @@ install-tpu: $(VENV)/.installed-tpu
 run: install
 	$(PY) -m gsjax.train --config=configs/grpo.py
 
+# Two workers, one test file each at a time (module fixtures stay whole): most tests use one core.
 test: install-tpu chromium
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # The evaluation report's test renders it in headless Chromium, installed from the system packages
 # when missing (Debian/Ubuntu: apt-get, with sudo unless root); without it that one test is skipped.

@@ -90,6 +90,8 @@ def aot():
 
     from jax.experimental import topologies
 
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # beside other tests compiling for TPUs
+
     devices = topologies.get_topology_desc(
         platform="tpu", topology_name="v5:2x2x1", chip_config_name="megacore",
         chips_per_host_bounds=(2, 2, 1), num_slices=1,

@@ -88,7 +88,7 @@ SHORT = ["--config.rl.cache_len=512", "--config.agent.limits.max_conversation_to
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """An SFT policy that calls tools now and then (200 steps on the test world's expert
+    """An SFT policy that calls tools now and then (300 steps on the test world's expert
     trajectories), and the world served over loopback HTTP."""
     from gsjax.world.corpus import Corpus
     from gsjax.world.serve import WorldServer
@@ -96,7 +96,7 @@ def world(tmp_path_factory):
     base = tmp_path_factory.mktemp("multihost")
     pre = base / "pre"
     proc = subprocess.run([sys.executable, "-m", "gsjax.train", "--config=configs/grpo.py:test",
-                           f"--config.workdir={pre}", "--config.sft.steps=200", "--config.sft.checkpoint_every=1000",
+                           f"--config.workdir={pre}", "--config.sft.steps=300", "--config.sft.checkpoint_every=1000",
                            "--config.rl.steps=0", "--config.eval.prompts=0", *MODEL], cwd=ROOT, env=_env(),
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
