@@ -373,14 +373,14 @@ def test_makefile_installs_tpu_for_test_and_runs_on_cpu(tmp_path):
         "PY -m pip install --quiet --upgrade pip JAX_PLATFORMS=cpu",
         "PY -m pip install --quiet -e .[test] JAX_PLATFORMS=cpu",
         "PY -m pip install --quiet -e .[test,tpu] JAX_PLATFORMS=cpu",
-        "PY -m pytest -q JAX_PLATFORMS=cpu",
+        "PY -m pytest -q -n 2 --dist loadfile JAX_PLATFORMS=cpu",
     ]
-    assert make("test") == ["PY -m pytest -q JAX_PLATFORMS=cpu"]  # stamps up to date
+    assert make("test") == ["PY -m pytest -q -n 2 --dist loadfile JAX_PLATFORMS=cpu"]  # stamps up to date
     assert make("run") == ["PY -m gsjax.train --config=configs/grpo.py JAX_PLATFORMS=cpu"]
     assert make("run", "JAX_PLATFORMS=") == ["PY -m gsjax.train --config=configs/grpo.py JAX_PLATFORMS="]
     old = time.time() - 86400
     for stamp in (".installed", ".installed-tpu"):
         os.utime(venv / stamp, (old, old))  # pyproject.toml is now newer than both stamps
     assert make("test")[-2:] == ["PY -m pip install --quiet -e .[test,tpu] JAX_PLATFORMS=cpu",
-                                 "PY -m pytest -q JAX_PLATFORMS=cpu"]
+                                 "PY -m pytest -q -n 2 --dist loadfile JAX_PLATFORMS=cpu"]
     assert len(make("run")) == 1 and make("install") == []

@@ -226,7 +226,7 @@ def _eval(world, workdir: Path, devices: int, mesh: dict) -> list[dict]:
     args = ["-m", "gsjax.eval", "--config=configs/eval_knowgen.py:test", f"--config.workdir={workdir}",
             f"--config.data.world_dir={base / 'pre' / 'world'}", "--config.data.limit=4", "--config.eval.baseline=false",
             "--config.agent.backend=policy", f"--config.agent.policy={policy}", "--config.agent.num_slots=8",
-            "--config.agent.cache_len=512", "--config.agent.temperature=1.0",
+            "--config.agent.cache_len=512", "--config.agent.temperature=0.0",
             f"--config.tools.image_dir={base / 'tool_images'}", *[f"--config.agent.mesh.{k}={v}" for k, v in mesh.items()]]
     proc = subprocess.run([sys.executable] + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
