@@ -382,6 +382,22 @@ def _qwen_vl_utils_size(height: int, width: int, factor: int, min_pixels: int, m
     return h_bar, w_bar
 
 
+def _as_pil(image: ImageLike, what: str) -> Image.Image:
+    """A path (opened without EXIF transposition, as qwen_vl_utils and LLaMA-Factory open it), a
+    PIL image, or an HxW / HxWxC uint8 array as a PIL image in its own mode."""
+    if isinstance(image, (str, os.PathLike)):
+        return _open_path(image, what, exif_transpose=False)
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+            raise ValueError(f"{what}: expected a uint8 array of shape HxW or HxWxC with C in (1, 3, 4), "
+                             f"got {image.dtype} array of shape {image.shape}")
+        return Image.fromarray(image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image)
+    raise ValueError(f"{what}: expected a PIL image, a uint8 HxWxC NumPy array or a file path, "
+                     f"got {type(image).__name__}")
+
+
 def fit_pixels(image: ImageLike, max_pixels: int = REFERENCE_MAX_PIXELS, *, factor: int = 32,
                min_pixels: int = 4 * 32 * 32) -> Image.Image:
     """The image as Gen-Searcher's rollout hands it to the processor: `qwen_vl_utils.fetch_image`
@@ -399,18 +415,7 @@ def fit_pixels(image: ImageLike, max_pixels: int = REFERENCE_MAX_PIXELS, *, fact
     if min_pixels > max_pixels:
         raise ValueError(f"min_pixels ({min_pixels}) must not exceed max_pixels ({max_pixels})")
     what = _describe(image, 0)
-    if isinstance(image, (str, os.PathLike)):
-        pil = _open_path(image, what, exif_transpose=False)
-    elif isinstance(image, Image.Image):
-        pil = image
-    elif isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
-            raise ValueError(f"{what}: expected a uint8 array of shape HxW or HxWxC with C in (1, 3, 4), "
-                             f"got {image.dtype} array of shape {image.shape}")
-        pil = Image.fromarray(image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image)
-    else:
-        raise ValueError(f"{what}: expected a PIL image, a uint8 HxWxC NumPy array or a file path, "
-                         f"got {type(image).__name__}")
+    pil = _as_pil(image, what)
     if pil.mode == "RGBA":
         rgb = Image.new("RGB", pil.size, (255, 255, 255))
         rgb.paste(pil, mask=pil.split()[3])
@@ -448,15 +453,7 @@ def llamafactory_fit(image: ImageLike, max_pixels: int = REFERENCE_MAX_PIXELS,
     """
     max_pixels, min_pixels = _check_size("max_pixels", max_pixels), _check_size("min_pixels", min_pixels)
     what = _describe(image, 0)
-    if isinstance(image, (str, os.PathLike)):
-        pil = _open_path(image, what, exif_transpose=False)
-    elif isinstance(image, Image.Image):
-        pil = image
-    elif isinstance(image, np.ndarray):
-        pil = Image.fromarray(image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image)
-    else:
-        raise ValueError(f"{what}: expected a PIL image, a uint8 HxWxC NumPy array or a file path, "
-                         f"got {type(image).__name__}")
+    pil = _as_pil(image, what)
     if pil.width == 0 or pil.height == 0:
         raise ValueError(f"{what}: image has no pixels ({pil.width}x{pil.height})")
     def scaled_to(pixels: int) -> Image.Image:
