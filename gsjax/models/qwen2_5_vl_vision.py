@@ -39,7 +39,8 @@ from gsjax.models.layout import CheckpointError, TensorMap, same, transposed
 from gsjax.models.qwen3 import make_param
 # The pieces Qwen2.5-VL shares with Qwen3-VL's tower: the qkv attention with 2-D rotary angles
 # (same frequencies, same rotate-half layout), dense layers, and the processor's patch order.
-from gsjax.models.qwen3_vl_vision import Attention, Dense, _block_order_coords, _grids, rotary_angles
+from gsjax.models.qwen3_vl_vision import (Attention, Dense, TowerSizes, _block_order_coords, _grids,
+                                          rotary_angles)
 from gsjax.parallel import compute_value, constrain
 
 # The block MLP activations gsjax implements, by their transformers name. The merger always uses
@@ -51,7 +52,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {"silu": jax.nn.silu}
 
 
 @dataclasses.dataclass(frozen=True)
-class VisionConfig:
+class VisionConfig(TowerSizes):
     depth: int
     hidden_size: int
     intermediate_size: int
@@ -87,36 +88,9 @@ class VisionConfig:
             raise ValueError(f"hidden_act={self.hidden_act!r}; expected one of {sorted(ACTIVATIONS)}")
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    @property
-    def patch_dim(self) -> int:
-        """Values per patch: a row of the processor's pixel_values."""
-        return self.in_channels * self.temporal_patch_size * self.patch_size**2
-
-    @property
-    def merge_unit(self) -> int:
-        """Patches per output token."""
-        return self.spatial_merge_size**2
-
-    @property
-    def merged_size(self) -> int:
-        """Width of a merged token before the merger's MLP."""
-        return self.hidden_size * self.merge_unit
-
-    @property
     def window_tokens(self) -> int:
         """A window's side in merged tokens (HF's vit_merger_window_size)."""
         return self.window_size // self.spatial_merge_size // self.patch_size
-
-    @property
-    def jnp_dtype(self) -> jnp.dtype:
-        return jnp.dtype(self.dtype)
-
-    @property
-    def jnp_param_dtype(self) -> jnp.dtype:
-        return jnp.dtype(self.param_dtype)
 
     def num_params(self) -> int:
         e, m, u, o = self.hidden_size, self.intermediate_size, self.merged_size, self.out_hidden_size

@@ -46,8 +46,40 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 # ----------------------------------------------------------------------------- config
 
 
+class TowerSizes:
+    """Sizes both Qwen vision towers derive from their config fields (hidden_size, num_heads,
+    in_channels, temporal_patch_size, patch_size, spatial_merge_size, dtype, param_dtype)."""
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def patch_dim(self) -> int:
+        """Values per patch: a row of the processor's pixel_values."""
+        return self.in_channels * self.temporal_patch_size * self.patch_size**2
+
+    @property
+    def merge_unit(self) -> int:
+        """Patches per output token."""
+        return self.spatial_merge_size**2
+
+    @property
+    def merged_size(self) -> int:
+        """Width of a merged token before the merger's MLP."""
+        return self.hidden_size * self.merge_unit
+
+    @property
+    def jnp_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+    @property
+    def jnp_param_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.param_dtype)
+
+
 @dataclasses.dataclass(frozen=True)
-class VisionConfig:
+class VisionConfig(TowerSizes):
     depth: int
     hidden_size: int
     intermediate_size: int
@@ -82,35 +114,8 @@ class VisionConfig:
             raise ValueError(f"hidden_act={self.hidden_act!r}; expected one of {sorted(ACTIVATIONS)}")
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    @property
-    def patch_dim(self) -> int:
-        """Values per patch: a row of the processor's pixel_values."""
-        return self.in_channels * self.temporal_patch_size * self.patch_size**2
-
-    @property
-    def merge_unit(self) -> int:
-        """Patches per output token."""
-        return self.spatial_merge_size**2
-
-    @property
-    def merged_size(self) -> int:
-        """Width of a merged token before the merger's MLP."""
-        return self.hidden_size * self.merge_unit
-
-    @property
     def grid_side(self) -> int:
         return math.isqrt(self.num_position_embeddings)
-
-    @property
-    def jnp_dtype(self) -> jnp.dtype:
-        return jnp.dtype(self.dtype)
-
-    @property
-    def jnp_param_dtype(self) -> jnp.dtype:
-        return jnp.dtype(self.param_dtype)
 
     def num_params(self) -> int:
         e, m, u, o = self.hidden_size, self.intermediate_size, self.merged_size, self.out_hidden_size
