@@ -30,7 +30,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.world = True  # the offline world (built in workdir/world); False = the files below
     c.data.world_size = ml_collections.ConfigDict(dict(
-        seed=0, n_train_entities=1000, n_eval_entities=150, n_train_prompts=1400, n_eval_prompts=100))
+        seed=0, n_train_entities=1000, n_eval_entities=150, n_train_prompts=1400, n_eval_prompts=100,
+        image_only_share=0.0))  # entities whose looks only their photos show (no page describes them)
     c.data.expert = ml_collections.ConfigDict(dict(sft_prompts=1000, top_k=1, image_top_k=1))
     c.data.sft_data = ""  # sft_data.json (sharegpt)
     c.data.rl_data = ""  # rl_data.json
@@ -51,6 +52,13 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.model.tiny = ml_collections.ConfigDict(dict(
         vocab_size=2048, hidden_size=128, intermediate_size=512, num_layers=2, num_heads=4, num_kv_heads=2,
         head_dim=32, tie_embeddings=True, rope_theta=10_000.0))
+    # With `enabled`, the tiny policy is a Qwen3-VL: this vision tower in front of the decoder above,
+    # so it sees the tools' images as pixels (96x96 world photos: 144 patches, 36 image tokens each).
+    # Off, it is text-only and sees one placeholder per image. `configs/grpo.py:image_only` compares both.
+    c.model.tiny_vision = ml_collections.ConfigDict(dict(
+        enabled=False, depth=2, hidden_size=64, intermediate_size=128, num_heads=2, patch_size=8,
+        temporal_patch_size=2, spatial_merge_size=2, num_position_embeddings=144,
+        deepstack_visual_indexes=(0,), mrope_section=()))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tp=1))
 
     c.agent = ml_collections.ConfigDict()
@@ -88,6 +96,14 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         c.sft.update(steps=8, rows_per_batch=2, checkpoint_every=4)
         c.rl.update(steps=4, prompts_per_step=2, group_size=2, num_slots=4, checkpoint_every=2)
         c.eval.update(prompts=4, num_slots=4)
+    elif preset == "image_only":
+        # Every entity's looks are only in its photos (no page describes them), and the tiny policy
+        # is a Qwen3-VL that sees the photos as pixels at their size (96x96: 36 image tokens).
+        # The text-only control: --config.model.tiny_vision.enabled=False (docs/vision.md).
+        c.workdir = "runs/grpo_image_only"
+        c.data.world_size.image_only_share = 1.0
+        c.model.tiny_vision.enabled = True
+        c.agent.limits.max_pixels = 96 * 96
     elif preset in ("qwen3_8b", "qwen3vl_8b"):
         # The reference's recipe (reference-spec.md section 5) at Qwen3-8B, or at Qwen3-VL-8B (the
         # paper's policy, seeing the tools' images); `python -m gsjax.plan
@@ -115,5 +131,5 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         c.reward.update(generator="http", judge="openai")
         c.eval.update(prompts=630, temperature=0.6, top_p=0.9, num_slots=16)
     else:
-        raise ValueError(f"unknown preset {preset!r} for configs/grpo.py; expected default, test, qwen3_8b or qwen3vl_8b")
+        raise ValueError(f"unknown preset {preset!r} for configs/grpo.py; expected default, test, image_only, qwen3_8b or qwen3vl_8b")
     return c

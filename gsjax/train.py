@@ -54,6 +54,8 @@ from gsjax.fileio import atomic_write
 from gsjax.agent.vision import PolicyImages
 from gsjax.models.interface import VisionLM
 from gsjax.models.qwen3 import Qwen3, Qwen3Config
+from gsjax.models.qwen3_vl import Qwen3VL, Qwen3VLConfig
+from gsjax.models.qwen3_vl_vision import VisionConfig
 from gsjax.parallel import barrier, initialize_distributed, is_primary, make_mesh, process_mesh, process_share, shard_module
 from gsjax.rewards.backends import build_rewards
 from gsjax.rl.grpo import LossConfig
@@ -122,10 +124,33 @@ def initial_policy(cfg: ml_collections.ConfigDict, tok: Tokenizer, limits: Agent
     if cfg.model.architecture:
         raise ValueError(f"model.architecture={cfg.model.architecture!r} needs its weights: set model.path to a "
                          "checkpoint folder (the architecture name alone is for python -m gsjax.plan)")
-    model_cfg = Qwen3Config(**{**cfg.model.tiny.to_dict(), "vocab_size": tok.vocab_size}, **run_settings(cfg))
-    model = Qwen3(model_cfg, rngs=nnx.Rngs(cfg.seed))
+    model = tiny_model(cfg, tok)
     shard_module(model, mesh)
     return Policy(model, tok, limits, sampling)
+
+
+def tiny_model(cfg: ml_collections.ConfigDict, tok: Tokenizer) -> Qwen3 | Qwen3VL:
+    """The policy built from `model.tiny`: a Qwen3 decoder, or with `model.tiny_vision.enabled` a
+    Qwen3-VL of that decoder and a vision tower of `tiny_vision`'s sizes, which sees the tools'
+    images as pixels (the text-only one sees one placeholder per image)."""
+    text = Qwen3Config(**{**cfg.model.tiny.to_dict(), "vocab_size": tok.vocab_size}, **run_settings(cfg))
+    vision = cfg.model.get("tiny_vision")
+    if vision is None or not vision.enabled:
+        return Qwen3(text, rngs=nnx.Rngs(cfg.seed))
+    sizes = {k: v for k, v in vision.to_dict().items() if k not in ("enabled", "mrope_section")}
+    half = text.head_dim // 2
+    section = tuple(vision.mrope_section) or (half - 2 * (half * 5 // 16), half * 5 // 16, half * 5 // 16)
+    text = dataclasses.replace(text, mrope_section=section, mrope_interleaved=True)
+    tower = VisionConfig(**sizes, out_hidden_size=text.hidden_size, dtype=cfg.model.dtype,
+                         param_dtype=cfg.model.param_dtype)
+    ids = {f: tok.token_to_id(t) for f, t in (("image_token_id", "<|image_pad|>"),
+                                              ("vision_start_token_id", "<|vision_start|>"),
+                                              ("vision_end_token_id", "<|vision_end|>"))}
+    missing = [f for f, i in ids.items() if i is None]
+    if missing:
+        raise ValueError(f"model.tiny_vision: the tokenizer has no token for {missing}")
+    # gsjax shows no videos: an id past the vocabulary, which no sequence holds (config.json needs one)
+    return Qwen3VL(Qwen3VLConfig(text, tower, **ids, video_token_id=tok.vocab_size), rngs=nnx.Rngs(cfg.seed))
 
 
 def _finished(cfg: ml_collections.ConfigDict, out: Path, phase: str, mesh) -> Policy | None:

@@ -95,3 +95,26 @@ def test_expert_without_working_tools_fails_honestly(world):
     result = solve(key, broken, TODAY)
     assert not result.found_all and result.missing
     assert not is_correct(result)
+
+
+def test_expert_solves_image_only_prompts_from_the_photos(tmp_path):
+    """Where no page describes the looks, the expert reads them off the photo its image search
+    returned (it knows the key; a policy has to see the pixels): it still solves the prompts, reads
+    a page only for a motto, and its answers earn the same high rewards."""
+    root = tmp_path / "w"
+    build_world(root, seed=3, n_train_entities=40, n_eval_entities=60, n_train_prompts=5, n_eval_prompts=40,
+                image_only_share=1.0)
+    cfg = ToolsConfig(backend="local", world_dir=str(root), image_dir=str(tmp_path / "img"))
+    with build_toolbox(cfg) as toolbox:
+        results = solve_split(root, "eval", toolbox, TODAY, progress=False)
+    assert sum(is_correct(r) for r in results) >= 0.95 * len(results)
+    for r in results:
+        browses = [s for s in r.key.steps if s.tool == "browse"]
+        assert len(browses) == len(r.key.hops) + (r.key.text_source == "motto")
+        assert all(sig.describe() in r.episode.answer.gen_prompt for sig in r.key.signatures) or not is_correct(r)
+        seen = " ".join(m["content"] for m in r.episode.messages if m["role"] == "user")
+        assert not any(sig.describe() in seen for sig in r.key.signatures)  # never in words
+    computer = RewardComputer(WorldGenerator(root), WorldJudgeBackend(root), root / "generated")
+    inputs = [RewardInput(r.key.id, r.key.prompt, str(root / r.key.gt_image), r.episode.termination,
+                          r.episode.answer, tuple(r.episode.registry.all())) for r in results]
+    assert np.mean([s.result.reward for s in computer.score_many(inputs, progress=False)]) >= 0.9

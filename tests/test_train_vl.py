@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +66,47 @@ def test_training_starts_from_a_qwen3vl_folder_and_exports_one(tmp_path):
     assert any(not torch.allclose(sft[k], v) for k, v in start.items() if "language_model" in k)
     grpo = Qwen3VLForConditionalGeneration.from_pretrained(workdir / "policy_grpo").state_dict()
     assert sorted(grpo) == sorted(start)
+
+
+def test_tiny_policy_is_a_qwen3vl_with_tiny_vision_and_text_only_without():
+    from gsjax.config import load
+    from gsjax.models.qwen3 import Qwen3
+    from gsjax.models.qwen3_vl import Qwen3VL
+    from gsjax.train import tiny_model
+
+    tok = Tokenizer.train_bpe(["search results, pages and image titles"] * 4, vocab_size=300)
+    cfg = load("configs/grpo.py:image_only")
+    vl = tiny_model(cfg, tok)
+    assert isinstance(vl, Qwen3VL)
+    assert vl.vl_cfg.vision.out_hidden_size == vl.cfg.hidden_size == cfg.model.tiny.hidden_size
+    assert sum(vl.cfg.mrope_section) == vl.cfg.head_dim // 2
+    assert vl.vl_cfg.image_token_id == tok.token_to_id("<|image_pad|>")
+    assert vl.vl_cfg.video_token_id >= tok.vocab_size  # no sequence holds it
+    cfg.model.tiny_vision.enabled = False
+    text = tiny_model(cfg, tok)
+    assert type(text) is Qwen3 and text.cfg.num_layers == vl.cfg.num_layers and not text.cfg.mrope_section
+
+
+@pytest.mark.slow
+def test_image_only_preset_trains_a_tiny_vlm_that_sees_the_photos(tmp_path):
+    """`configs/grpo.py:image_only` at test size: the world's looks are only in photos, the tiny
+    Qwen3-VL is shown each 96x96 photo as 144 patches (36 image tokens), in SFT and in rollouts."""
+    workdir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
+    test_size = ["--config.data.world_size.n_train_entities=40", "--config.data.world_size.n_eval_entities=12",
+                 "--config.data.world_size.n_train_prompts=60", "--config.data.world_size.n_eval_prompts=4",
+                 "--config.data.expert.sft_prompts=40", "--config.sft.steps=2", "--config.rl.steps=1",
+                 "--config.rl.prompts_per_step=2", "--config.rl.group_size=2", "--config.rl.num_slots=4",
+                 "--config.eval.prompts=4", "--config.eval.num_slots=4"]
+    proc = subprocess.run([sys.executable, "-m", "gsjax.train", "--config=configs/grpo.py:image_only",
+                           f"--config.workdir={workdir}", *test_size], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    m = re.search(r"SFT: (\d+) images shown to the policy as pixels \((\d+) patches\)", log)
+    assert m and int(m.group(1)) > 0 and int(m.group(2)) == 144 * int(m.group(1))
+    world = json.loads((workdir / "world" / "world.json").read_text())
+    assert world["image_only_share"] == 1.0
+    assert not any(e["described"] for e in world["entities"] if e["split"] != "distractor")
+    agent = json.loads((workdir / "policy_grpo" / "config.json").read_text())
+    assert agent["architectures"] == ["Qwen3VLForConditionalGeneration"]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -30,7 +31,8 @@ from gsjax.world.build import (
 from gsjax.world.corpus import Corpus
 from gsjax.world.entities import KINDS, MULTI_SUBJECT, WORLD_CATEGORIES, make_world
 from gsjax.world.names import NameGenerator
-from gsjax.world.pages import make_corpus
+from gsjax.world.imagegen import WorldImageGenerator
+from gsjax.world.pages import image_file, make_corpus
 from gsjax.world.prompts import MULTI, make_prompts, read_truth
 from gsjax.world.render import draw_subject, render_reference, render_scene
 from gsjax.world.vocab import (
@@ -424,3 +426,34 @@ def test_a_world_built_into_a_relative_folder_names_files_that_exist(tmp_path, m
     build_preset("rel/world", "tiny")
     items = read_knowgen("rel/world/knowgen_eval.json") + read_rl_data("rel/world/rl_data.json")
     assert items and all(Path(i.gt_image).is_file() for i in items)
+
+
+def test_image_only_share_marks_an_exact_share_and_changes_nothing_else():
+    plain = make_world(5, 60, 20)
+    shown = make_world(5, 60, 20, image_only_share=0.5)
+    assert [dataclasses.replace(e, described=True) for e in shown.entities] == plain.entities
+    assert all(e.described for e in plain.entities)
+    for split, n in (("train", 60), ("eval", 20)):
+        assert sum(not e.described for e in shown.split(split)) == n // 2
+    assert all(e.described for e in shown.split("distractor"))
+    with pytest.raises(ValueError, match="image_only_share=1.5"):
+        make_world(5, 60, 20, image_only_share=1.5)
+
+
+def test_undescribed_looks_are_in_no_page_only_in_the_photos(tmp_path):
+    root = tmp_path / "w"
+    build_preset(root, "tiny", image_only_share=1.0)
+    world = load_world(root)
+    corpus = Corpus.load(root)
+    text = "\n".join(p.text for p in corpus.pages)
+    generator = WorldImageGenerator(world, root)
+    undescribed = [e for e in world.entities if not e.described]
+    assert undescribed and all(e.split != "distractor" for e in undescribed)
+    for e in undescribed:
+        assert e.signature.describe() not in text  # not in words anywhere
+        page = next(p for p in corpus.pages if p.path == e.page_path)
+        assert "Appearance:" in page.text and signature_from_text(page.text) is None
+        for path in e.image_paths:  # ... but its photos show it
+            assert generator.recognise(str(root / image_file(path))) == e.signature
+    described = [e for e in world.entities if e.described]
+    assert described and all(e.signature.describe() in text for e in described)

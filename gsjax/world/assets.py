@@ -46,6 +46,7 @@ class WorldSpec:
     n_eval_entities: int = 150
     n_train_prompts: int = 1400
     n_eval_prompts: int = 100
+    image_only_share: float = 0.0  # entities whose looks only their photos show (`build_world`)
 
 
 @dataclasses.dataclass(frozen=True)

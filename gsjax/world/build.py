@@ -138,8 +138,12 @@ def build_world(out_dir: Path | str, seed: int = 0,
                 n_eval_entities: int = PRESETS["default"].n_eval_entities,
                 n_train_prompts: int = PRESETS["default"].n_train_prompts,
                 n_eval_prompts: int = PRESETS["default"].n_eval_prompts,
+                image_only_share: float = 0.0,
                 workers: int | None = None, progress: bool = False) -> WorldPaths:
     """Build a world into `out_dir` (missing, empty, or a previous build, which is replaced).
+
+    `image_only_share`: the share of each split's entities whose looks no page describes (only
+    their photos show them; `make_world`), so a prompt about one needs its photo seen as pixels.
 
     `workers`: rendering processes. None: 2 (when there are 2 cores) for worlds big enough to
     gain from it, if this process can fork safely (no JAX or PyTorch imported); otherwise 1. With
@@ -147,10 +151,10 @@ def build_world(out_dir: Path | str, seed: int = 0,
     module: call from a `python -m` entry point or under `if __name__ == "__main__":`."""
     paths = WorldPaths.at(Path(out_dir).absolute())  # rows hold paths relative to their files
     _clear(paths)
-    world = make_world(seed, n_train_entities, n_eval_entities)
+    world = make_world(seed, n_train_entities, n_eval_entities, image_only_share=image_only_share)
     size = WorldSize(n_train_entities, n_eval_entities, n_train_prompts, n_eval_prompts)
     doc = {"format": FORMAT_VERSION, "seed": seed, "size": dataclasses.asdict(size),
-           "views": N_VIEWS, **world.to_dict()}
+           "image_only_share": image_only_share, "views": N_VIEWS, **world.to_dict()}
     paths.world.write_text(json.dumps(doc, indent=1))  # first: marks the folder as a world's
     corpus = make_corpus(world, paths.root)
     eval_keys = make_prompts(world, "eval", n_eval_prompts, seed, "eval")
@@ -197,6 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     for field in dataclasses.fields(WorldSize):
         ap.add_argument("--" + field.name.replace("_", "-"), type=int, default=None,
                         help="overrides the preset")
+    ap.add_argument("--image-only-share", type=float, default=0.0,
+                    help="share of entities whose looks only their photos show (default 0)")
     ap.add_argument("--workers", type=int, default=None, help="rendering processes (default: auto)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
@@ -205,8 +211,8 @@ def main(argv: list[str] | None = None) -> None:
                  if getattr(args, f.name) is not None}
     size = dataclasses.replace(size, **overrides)
     t0 = time.perf_counter()
-    paths = build_world(args.out, args.seed, **dataclasses.asdict(size), workers=args.workers,
-                        progress=not args.quiet)
+    paths = build_world(args.out, args.seed, **dataclasses.asdict(size), image_only_share=args.image_only_share,
+                        workers=args.workers, progress=not args.quiet)
     print(f"world (seed {args.seed}, {size}) written to {paths.root} in "
           f"{time.perf_counter() - t0:.1f} s")
 

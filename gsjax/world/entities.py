@@ -174,6 +174,7 @@ class Entity:
     maker: str  # person id
     base: str  # the fresh word in the name ("Tessel"); for people, the last name
     resembles: str | None = None  # distractors: the id of the entity whose name it mimics
+    described: bool = True  # False: its looks are in no page, only in its photos (`image_only_share`)
 
     @property
     def kind(self) -> Kind:
@@ -345,12 +346,17 @@ def _random_signature(rng: random.Random) -> Signature:
 
 
 def make_world(seed: int, n_train: int, n_eval: int, distractor_share_eval: float = 0.3,
-               distractor_share_train: float = 0.05) -> World:
+               distractor_share_train: float = 0.05, image_only_share: float = 0.0) -> World:
     """Draw a world: `n_train` + `n_eval` entities, near-name distractors for a share of each
-    split, and the places, people and events that relate them."""
+    split, and the places, people and events that relate them. A share `image_only_share` of each
+    split's entities (never distractors) is undescribed: no page puts its looks in words, so only
+    its photos show them. That draw has its own random stream, so a world with share 0 is the
+    world drawn before the setting existed."""
     if n_train < 2 or n_eval < 2:
         raise ValueError(f"make_world: need at least 2 entities per split, got n_train={n_train}, "
                          f"n_eval={n_eval}")
+    if not 0.0 <= image_only_share <= 1.0:
+        raise ValueError(f"make_world: image_only_share={image_only_share} must be in [0, 1]")
     names = NameGenerator(seed)
     rng = random.Random(f"world/{seed}")
     sig_rng = random.Random(f"signatures/{seed}")  # looks are independent of names
@@ -461,6 +467,13 @@ def make_world(seed: int, n_train: int, n_eval: int, distractor_share_eval: floa
         born = first_year.get(d["id"], 1990) - rng.randint(25, 60)
         people.append(Person(pid, names.person(), born, rng.choice(places).id, d["id"]))
         d["maker"] = pid
+
+    # Undescribed entities: an exact share of each split, drawn apart from everything above.
+    shown_rng = random.Random(f"image_only/{seed}")
+    for split in ("train", "eval"):
+        pool = [d for d in drafts if d["split"] == split]
+        for d in shown_rng.sample(pool, round(image_only_share * len(pool))):
+            d["described"] = False
 
     entities = [Entity(**d) for d in drafts]
     return World(seed, entities, places, people, series, events)

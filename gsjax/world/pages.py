@@ -5,7 +5,8 @@ Page text is what a search snippet and a browse read. It is written so that a se
 entity's name finds its page first, a search for "2031 Glimmer Cup" finds that event's page, and
 every two-hop clue of a prompt ("the football club based in Orveth", "the film directed by Mira
 Tessaly") has a page that names the entity. Looks are in words on the entity's page (the
-vocabulary's canonical description); mottos and codes are only there too.
+vocabulary's canonical description), except for undescribed entities (`Entity.described`), whose
+looks only their photos show; mottos and codes are only on the page.
 
 Distractors are part of the web: near-name entities with their own pages and photos ("not to be
 confused with..."), the same event series in other years, runner-ups on event pages.
@@ -35,7 +36,8 @@ def entity_page(world: World, e: Entity) -> Page:
         f"Field: {e.category}.",
         "",
         "Appearance:",
-        f"The {k.look} of {e.ref} is {e.signature.describe()}.",
+        (f"The {k.look} of {e.ref} is {e.signature.describe()}." if e.described else
+         f"No written description of the {k.look} of {e.ref} is on record; the photos below show it."),
         "",
         f"{_cap(k.text_noun)}:",
         f"The {k.text_noun} of {e.ref} is \"{e.text}\". It is written under the {k.look}.",

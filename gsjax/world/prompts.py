@@ -153,12 +153,15 @@ def _relation(world: World, e: Entity, relation: str) -> tuple[str, Hop, Step, S
 
 
 def _entity_steps(e: Entity, want_text: bool) -> list[Step]:
+    """Search the name, read the page (for the looks, and the motto when asked), image-search. An
+    undescribed entity's page has no looks, so it is read only for a motto: its photo shows them."""
     k = e.kind
-    question = f"What does the {k.look} of {e.ref} look like?"
-    if want_text:
-        question += f" What is its {k.text_noun}?"
-    return [Step("search", e.name), Step("browse", question, e.page_path),
-            Step("image_search", f"{e.name} {k.look}")]
+    if e.described:
+        question = f"What does the {k.look} of {e.ref} look like?" + (f" What is its {k.text_noun}?" if want_text else "")
+    else:
+        question = f"What is the {k.text_noun} of {e.ref}?" if want_text else ""
+    browse = [Step("browse", question, e.page_path)] if question else []
+    return [Step("search", e.name), *browse, Step("image_search", f"{e.name} {k.look}")]
 
 
 class _Cycle:
