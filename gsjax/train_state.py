@@ -47,7 +47,7 @@ from gsjax.parallel import allgather_rows, logical_to_spec, make_mesh, state_sha
 # step takes as input (e.g. a frozen reference policy's parameters), or None.
 LossFn = Callable[[CausalLM, Mapping[str, jax.Array], Any], tuple[jax.Array, dict[str, jax.Array]]]
 ROW_AXES = (None, "act_batch", "act_len")  # [micro-batch, row, token]
-PATCH_AXES = (None, "act_batch_patches")  # [micro-batch, patch] (each process's images on its devices)
+PATCH_AXES = (None, "act_patches")  # [micro-batch, patch] (each process's images on its devices)
 TRAIN, FROZEN = "train", "frozen"
 
 

@@ -5,6 +5,9 @@
 `python attention_mesh_worker.py aot`: ahead-of-time compilation of splash attention (the Mosaic
 kernel, not interpret mode) for the 4 chips of a v5p-8 at B=4, T=4096, H=32, KV=8, D=128, bf16,
 forward and gradient, on a (data, fsdp, tp) = (1, 2, 2) mesh; needs libtpu, no TPU.
+`python attention_mesh_worker.py segments`: the vision towers' blocked segment attention on a
+(2, 2, 2) mesh (queries sharded over data x fsdp, heads over tp) against plain on one device,
+forward and gradients, and the largest arrays of both compiled programs.
 Prints one JSON line per case."""
 
 import os
@@ -16,6 +19,7 @@ os.environ["XLA_FLAGS"] = (
 )
 
 import json  # noqa: E402
+import re  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -23,7 +27,8 @@ import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 
 import gsjax.models.attention as attention  # noqa: E402
-from gsjax.models.attention import KV_AXES, Q_AXES, _splash_specs, causal_attention  # noqa: E402
+from gsjax.models.attention import (KV_AXES, PATCH_AXES, Q_AXES, _splash_specs, causal_attention,  # noqa: E402
+                                    segment_attention)
 from gsjax.parallel import logical_to_spec, make_mesh  # noqa: E402
 
 B, T, D = 4, 256, 32
@@ -37,6 +42,15 @@ def _recording(q, *args):
 
 
 attention._splash_local = _recording
+_blocked = attention._blocked_segments
+
+
+def _recording_blocked(q, *args):
+    LOCAL_SHAPES.append(list(q.shape))
+    return _blocked(q, *args)
+
+
+attention._blocked_segments = _recording_blocked
 
 
 def inputs(h, kv):
@@ -124,9 +138,58 @@ def aot():
         }), flush=True)
 
 
+def square_shapes(hlo: str, size: int) -> list[str]:
+    """The array shapes in `hlo` with two or more dimensions of at least `size`."""
+    shapes = re.findall(r"\b(?:f32|bf16|f16|s32|pred)\[([\d,]+)\]", hlo)
+    return sorted({s for s in shapes if sum(int(x) >= size for x in s.split(",")) >= 2})
+
+
+def segments():
+    p, h, d, block = 512, 4, 16, 32
+    rs = np.random.RandomState(0)
+    q, k, v, w = (rs.randn(p, h, d).astype(np.float32) for _ in range(4))
+    # Two processes' blocks of 256 patches, each its images (lengths not multiples of the block)
+    # then padding, the second's segments offset as gsjax.data.vision_batch offsets them.
+    seg = np.zeros(p, np.int32)
+    for start, cuts, offset in [(0, (70, 150, 230), 0), (256, (100, 101, 240), 256)]:
+        for i, end in enumerate(cuts):
+            seg[start + (cuts[i - 1] if i else 0):start + end] = offset + i + 1
+
+    def step(impl):
+        def loss(q, k, v, w):
+            return jnp.sum(segment_attention(q, k, v, jnp.asarray(seg), impl=impl, block=block) * w)
+
+        return jax.jit(lambda q, k, v, w: (segment_attention(q, k, v, jnp.asarray(seg), impl=impl, block=block),
+                                           jax.grad(loss, (0, 1, 2))(q, k, v, w)))
+
+    ref_out, ref_grads = step("plain")(q, k, v, w)
+    mesh = make_mesh({"data": 2, "fsdp": 2, "tp": 2})
+    put = lambda x: jax.device_put(x, NamedSharding(mesh, logical_to_spec(PATCH_AXES, x.shape, dict(mesh.shape))))  # noqa: E731
+    args = [put(x) for x in (q, k, v, w)]
+    local = p // 4  # queries per device
+    info = {}
+    LOCAL_SHAPES.clear()
+    for impl in ("plain", "blocked"):
+        with jax.set_mesh(mesh):
+            compiled = step(impl).lower(*args).compile()
+            out, grads = compiled(*args)
+            jax.block_until_ready((out, grads))
+        info[impl] = {"square_shapes": square_shapes(compiled.as_text(), local),
+                      "temp_bytes": compiled.memory_analysis().temp_size_in_bytes}
+    print(json.dumps({
+        "case": "segments", "patches": p, "queries_per_device": local, "q_spec": str(args[0].sharding.spec),
+        "out_spec": str(out.sharding.spec), "local_q_shapes": LOCAL_SHAPES[:], **info,
+        "out_err": float(np.abs(np.asarray(out) - np.asarray(ref_out)).max()),
+        "grad_err": max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(grads, ref_grads)),
+        "grad_scale": min(float(np.abs(np.asarray(g)).max()) for g in ref_grads),
+    }), flush=True)
+
+
 def main():
     if sys.argv[1:] == ["aot"]:
         return aot()
+    if sys.argv[1:] == ["segments"]:
+        return segments()
     assert len(jax.devices()) == 8, jax.devices()
     mesh = make_mesh({"data": 2, "fsdp": 2, "tp": 2})
     for h, kv in [(4, 2), (4, 1)]:

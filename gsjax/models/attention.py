@@ -1,4 +1,6 @@
-"""Causal self-attention of the decoder's full passes (training, scoring), several ways.
+"""Self-attention of full passes with packed segments: the decoder's causal attention (training,
+scoring), several ways, and the vision towers' bidirectional attention among the patches of one
+image, two ways.
 
 One function, `causal_attention(q, k, v, segment_ids, impl=...)`, with one meaning for every
 implementation:
@@ -49,9 +51,31 @@ The implementations (`IMPLEMENTATIONS`):
   device must hold the kv heads of its query heads). `interpret=None` picks interpret mode when
   the platform (the mesh's devices, or the default backend without a mesh) is not a TPU; pass
   `interpret=False` to compile for a TPU ahead of time without a mesh on a CPU host.
+
+The vision towers' attention, `segment_attention(q, k, v, segment_ids, impl=...)`:
+
+- q, k, v: [P, H, D], the patches of all of a call's images in one sequence; segment_ids: [P]
+  int32, one id per frame of each image, 0 for padding. A patch attends to every patch of its own
+  segment, before or after it (no causality); a padding patch attends to nothing, is seen by none,
+  and its output is 0 (so are the gradients through it). Scale D**-0.5, softmax in float32,
+  output in q.dtype, differentiable in q, k, v.
+- "plain": `attend` with `segment_mask` over the whole [H, P, P] scores. Tiny towers, the reference.
+- "blocked": flash attention in plain JAX (online softmax over key blocks, and a custom backward
+  pass that recomputes each block's probabilities from the saved log-sum-exp): memory is
+  O(P x block) per head instead of O(P^2), at any P (padded to a multiple of `block` inside).
+  Only the key blocks that can share a segment with a query block are visited: for each query
+  block, the run of key blocks from the first to the last whose segment-id range overlaps its own
+  (exactly the blocks that share a segment when segments are contiguous runs numbered in order,
+  as vision layouts are; any layout stays correct, the run is only longer). So the work is about
+  sum over images of patches^2, not P^2. With a mesh of more than one device set, it runs inside
+  `jax.shard_map`: the queries (and the output) stay sharded as the logical axes `act_patches` /
+  `act_heads` say, keys and values are gathered along the patches ([P, H, D] per device, never
+  [P, P]), and each device attends with its own query blocks.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -60,9 +84,11 @@ from jax.sharding import PartitionSpec
 from gsjax.parallel.rules import logical_to_spec
 
 IMPLEMENTATIONS = ("plain", "blocked", "xla", "cudnn", "splash")
+SEGMENT_IMPLEMENTATIONS = ("plain", "blocked")  # of segment_attention
 
 Q_AXES = ("act_batch", "act_len", "act_heads", "act_head_dim")
 KV_AXES = ("act_batch", "act_len", "act_kv_heads", "act_head_dim")
+PATCH_AXES = ("act_patches", "act_heads", "act_head_dim")  # q, k, v of segment_attention
 
 
 def segment_mask(segment_ids: jax.Array) -> jax.Array:
@@ -235,15 +261,23 @@ def _splash(q, k, v, segment_ids, block, interpret):
         )
     if interpret is None:
         interpret = _platform() != "tpu"
+
+    def specs(mesh_shape):
+        q_spec, kv_spec, seg_spec = _splash_specs(q.shape, k.shape, mesh_shape)
+        return (q_spec, kv_spec, kv_spec, seg_spec), q_spec
+
+    return _per_device(lambda q, k, v, s: _splash_local(q, k, v, s, block, interpret), (q, k, v, segment_ids), specs)
+
+
+def _per_device(local, args: tuple, specs):
+    """`local(*args)` on whole arrays without a mesh of several devices (or inside a manual
+    region); with one set (`jax.set_mesh`), inside `jax.shard_map` with
+    `specs(mesh_shape) -> (in_specs, out_spec)`."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1 or mesh.are_all_axes_manual:
-        return _splash_local(q, k, v, segment_ids, block, interpret)
-    q_spec, kv_spec, seg_spec = _splash_specs(q.shape, k.shape, dict(mesh.shape))
-    local = jax.shard_map(
-        lambda q, k, v, s: _splash_local(q, k, v, s, block, interpret),
-        mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, seg_spec), out_specs=q_spec, check_vma=False,
-    )
-    return local(q, k, v, segment_ids)
+        return local(*args)
+    in_specs, out_spec = specs(dict(mesh.shape))
+    return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=out_spec, check_vma=False)(*args)
 
 
 def causal_attention(
@@ -282,3 +316,164 @@ def causal_attention(
     if impl == "cudnn":
         return _cudnn(q, k, v, segment_ids)
     return _splash(q, k, v, segment_ids, block, interpret)
+
+
+# ----------------------------------------------------------------------------- vision towers
+
+
+def _plain_segments(q, k, v, segment_ids):
+    out = attend(q[None], k[None], v[None], segment_mask(segment_ids[None]))[0]
+    return jnp.where((segment_ids > 0)[:, None, None], out, jnp.zeros((), out.dtype))
+
+
+def _key_runs(q_segments: jax.Array, k_segments: jax.Array, block: int) -> tuple[jax.Array, jax.Array]:
+    """For each block of `block` queries: the first key block and how many consecutive key blocks
+    from there reach the last one whose range of non-zero segment ids overlaps the query block's
+    (0: none, e.g. an all-padding block). Swap the arguments for the query blocks of each key block."""
+
+    def bounds(segments):
+        s = segments.reshape(-1, block)
+        return jnp.where(s > 0, s, jnp.iinfo(jnp.int32).max).min(axis=1), s.max(axis=1)  # all padding: lo > hi
+
+    q_lo, q_hi = bounds(q_segments)
+    k_lo, k_hi = bounds(k_segments)
+    overlap = (q_lo[:, None] <= k_hi[None, :]) & (k_lo[None, :] <= q_hi[:, None])  # [query blocks, key blocks]
+    first = jnp.argmax(overlap, axis=1)
+    last = overlap.shape[1] - 1 - jnp.argmax(overlap[:, ::-1], axis=1)
+    return first, jnp.where(overlap.any(axis=1), last - first + 1, 0)
+
+
+def _block(x: jax.Array, i: jax.Array, block: int) -> jax.Array:
+    return jax.lax.dynamic_slice_in_dim(x, i * block, block, axis=0)
+
+
+def _block_scores(q, k, q_seg, k_seg):
+    """Scaled fp32 scores [H, q block, k block], -inf where the two patches share no non-zero segment."""
+    scores = jnp.einsum("qhd,khd->hqk", q, k, preferred_element_type=jnp.float32) * (q.shape[-1] ** -0.5)
+    same = (q_seg[:, None] == k_seg[None, :]) & (k_seg[None, :] > 0)
+    return jnp.where(same[None], scores, -jnp.inf)
+
+
+def _flash_forward(q, k, v, q_seg, k_seg, block):
+    """(out [Pq, H, D] in q.dtype, log-sum-exp [Pq / block, H, block] fp32; 0 at padding queries)."""
+    h, d = q.shape[1], q.shape[2]
+    first, count = _key_runs(q_seg, k_seg, block)
+
+    def query_block(i):
+        qi, si = _block(q, i, block), _block(q_seg, i, block)
+
+        def visit(j, carry):
+            top, total, acc = carry  # [H, block], [H, block], [block, H, D] (fp32)
+            scores = _block_scores(qi, _block(k, j, block), si, _block(k_seg, j, block))
+            new_top = jnp.maximum(top, scores.max(axis=-1))
+            shift = jnp.where(jnp.isfinite(new_top), new_top, 0.0)  # rows with nothing seen yet
+            p = jnp.exp(scores - shift[..., None])
+            scale = jnp.exp(top - shift)
+            acc = acc * scale.T[..., None] + jnp.einsum("hqk,khd->qhd", p.astype(v.dtype), _block(v, j, block),
+                                                         preferred_element_type=jnp.float32)
+            return new_top, total * scale + p.sum(axis=-1), acc
+
+        init = (jnp.full((h, block), -jnp.inf, jnp.float32), jnp.zeros((h, block), jnp.float32),
+                jnp.zeros((block, h, d), jnp.float32))
+        top, total, acc = jax.lax.fori_loop(first[i], first[i] + count[i], visit, init)
+        seen = total > 0  # False at padding queries
+        out = acc / jnp.where(seen, total, 1.0).T[..., None]
+        return out.astype(q.dtype), jnp.where(seen, top + jnp.log(jnp.where(seen, total, 1.0)), 0.0)
+
+    out, lse = jax.lax.map(query_block, jnp.arange(q.shape[0] // block))
+    return out.reshape(q.shape), lse
+
+
+def _flash_backward(q, k, v, q_seg, k_seg, out, lse, dout, block):
+    """(dq, dk, dv): one pass over the key blocks, each over the query blocks that can see it,
+    with each block's probabilities recomputed from the log-sum-exp."""
+    delta = jnp.einsum("qhd,qhd->qh", dout.astype(jnp.float32), out.astype(jnp.float32))  # [Pq, H]
+    first, count = _key_runs(k_seg, q_seg, block)
+
+    def key_block(dq, j):
+        kj, vj, sj = _block(k, j, block), _block(v, j, block), _block(k_seg, j, block)
+
+        def visit(i, carry):
+            dq, dk, dv = carry
+            qi, doi = _block(q, i, block), _block(dout, i, block)
+            p = jnp.exp(_block_scores(qi, kj, _block(q_seg, i, block), sj) - lse[i][..., None])  # [H, bq, bk]
+            dv = dv + jnp.einsum("hqk,qhd->khd", p.astype(dout.dtype), doi, preferred_element_type=jnp.float32)
+            dp = jnp.einsum("qhd,khd->hqk", doi, vj, preferred_element_type=jnp.float32)
+            ds = p * (dp - _block(delta, i, block).T[..., None]) * (q.shape[-1] ** -0.5)
+            dk = dk + jnp.einsum("hqk,qhd->khd", ds.astype(q.dtype), qi, preferred_element_type=jnp.float32)
+            dqi = jnp.einsum("hqk,khd->qhd", ds.astype(k.dtype), kj, preferred_element_type=jnp.float32)
+            return jax.lax.dynamic_update_slice_in_dim(dq, _block(dq, i, block) + dqi, i * block, axis=0), dk, dv
+
+        zeros = jnp.zeros(kj.shape, jnp.float32)
+        dq, dk, dv = jax.lax.fori_loop(first[j], first[j] + count[j], visit, (dq, zeros, zeros))
+        return dq, (dk, dv)
+
+    dq, (dk, dv) = jax.lax.scan(key_block, jnp.zeros(q.shape, jnp.float32), jnp.arange(k.shape[0] // block))
+    return dq.astype(q.dtype), dk.reshape(k.shape).astype(k.dtype), dv.reshape(v.shape).astype(v.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _flash(q, k, v, q_seg, k_seg, block):
+    return _flash_forward(q, k, v, q_seg, k_seg, block)[0]
+
+
+def _flash_fwd(q, k, v, q_seg, k_seg, block):
+    out, lse = _flash_forward(q, k, v, q_seg, k_seg, block)
+    return out, (q, k, v, q_seg, k_seg, out, lse)
+
+
+def _flash_bwd(block, res, dout):
+    q, k, v, q_seg, k_seg, out, lse = res
+    return (*_flash_backward(q, k, v, q_seg, k_seg, out, lse, dout, block), None, None)
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def _blocked_segments(q, k, v, q_seg, k_seg, block):
+    """Flash attention of local queries q [Pq, H, D] (segments q_seg) over keys k, v [Pk, H, D]
+    (segments k_seg), each padded with segment 0 to a multiple of `block`."""
+    pq, pk = q.shape[0], k.shape[0]
+    block = min(block, max(pq, pk))
+
+    def padded(x, n):
+        extra = -n % block
+        return jnp.pad(x, [(0, extra)] + [(0, 0)] * (x.ndim - 1)) if extra else x
+
+    out = _flash(padded(q, pq), padded(k, pk), padded(v, pk), padded(q_seg, pq), padded(k_seg, pk), block)
+    return out[:pq]
+
+
+def segment_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    segment_ids: jax.Array,
+    *,
+    impl: str = "plain",
+    block: int = 512,
+) -> jax.Array:
+    """Bidirectional attention among the patches of one segment (see the module docstring).
+
+    q, k, v [P, H, D], segment_ids [P] (0: padding, output 0) -> [P, H, D] in q.dtype. `block`:
+    the query and key block of "blocked".
+    """
+    if impl not in SEGMENT_IMPLEMENTATIONS:
+        raise ValueError(f"unknown segment attention impl {impl!r}; expected one of {SEGMENT_IMPLEMENTATIONS}")
+    if q.ndim != 3 or q.shape != k.shape or k.shape != v.shape:
+        raise ValueError(f"q, k and v must all be [P, H, D]; got {q.shape}, {k.shape}, {v.shape}")
+    if segment_ids.shape != q.shape[:1]:
+        raise ValueError(f"segment_ids must be [P] = {q.shape[:1]}; got {segment_ids.shape}")
+    if impl == "plain":
+        return _plain_segments(q, k, v, segment_ids)
+    if block <= 0:
+        raise ValueError(f"impl='blocked' needs a positive block; got block={block}")
+    segment_ids = segment_ids.astype(jnp.int32)
+
+    def specs(mesh_shape):
+        q_spec = logical_to_spec(PATCH_AXES, q.shape, mesh_shape)
+        kv_spec = PartitionSpec(None, q_spec[1], None)  # keys and values whole along the patches
+        return (q_spec, kv_spec, kv_spec, PartitionSpec(q_spec[0]), PartitionSpec(None)), q_spec
+
+    return _per_device(lambda q, k, v, qs, ks: _blocked_segments(q, k, v, qs, ks, block),
+                       (q, k, v, segment_ids, segment_ids), specs)

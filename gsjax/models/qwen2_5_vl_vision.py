@@ -21,7 +21,8 @@ Host / jit split: everything that depends on the images' grid sizes (the window 
 its inverse, rotary ids, image and window segments) is computed on the host by `vision_layout`
 with NumPy, into arrays of a fixed length `pad_to`. The jitted tower sees only fixed-shape arrays,
 so images of any size that fit one bucket share one compiled program; padding patches sit at the
-end, form a segment of their own and their outputs are to be dropped.
+end with segment 0 (they attend to nothing and nothing attends to them) and their outputs are to be
+dropped.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class VisionConfig(TowerSizes):
     param_dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         object.__setattr__(self, "fullatt_block_indexes", tuple(int(i) for i in self.fullatt_block_indexes))
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size={self.hidden_size} must be a multiple of num_heads={self.num_heads}")

@@ -7,7 +7,8 @@ The tower, as transformers' `Qwen3VLVisionModel` computes it:
    bilinearly from a square table to the image's patch grid;
 2. `depth` pre-norm transformer blocks (LayerNorm, bidirectional attention with a 2-D rotary
    embedding of each patch's (row, col), LayerNorm, GELU MLP); attention stays within one frame
-   of one image;
+   of one image (`gsjax.models.attention.segment_attention`, "plain" or "blocked" by the config's
+   `attention`);
 3. a merger: LayerNorm, then every spatial_merge_size**2 consecutive patches (one 2x2 block of the
    grid: the processor emits patches block by block) concatenated and mapped by a 2-layer MLP to
    the decoder's width; the outputs of blocks `deepstack_visual_indexes` go through mergers of
@@ -16,8 +17,8 @@ The tower, as transformers' `Qwen3VLVisionModel` computes it:
 Host / jit split: everything that depends on the images' grid sizes (rotary ids, interpolation
 taps and weights, attention segments) is computed on the host by `vision_layout` with NumPy, into
 arrays of a fixed length `pad_to`. The jitted tower sees only fixed-shape arrays, so images of any
-size that fit one bucket share one compiled program; padding patches form a segment of their own
-and their outputs are to be dropped.
+size that fit one bucket share one compiled program; padding patches have segment 0 (they attend
+to nothing and nothing attends to them) and their outputs are to be dropped.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gsjax.models.attention import SEGMENT_IMPLEMENTATIONS, segment_attention
 from gsjax.models.layout import CheckpointError, TensorMap, same, transposed
 from gsjax.models.qwen3 import make_param
 from gsjax.parallel import compute_value, constrain
@@ -46,9 +48,22 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 # ----------------------------------------------------------------------------- config
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class TowerSizes:
     """Sizes both Qwen vision towers derive from their config fields (hidden_size, num_heads,
-    in_channels, temporal_patch_size, patch_size, spatial_merge_size, dtype, param_dtype)."""
+    in_channels, temporal_patch_size, patch_size, spatial_merge_size, dtype, param_dtype), and how
+    both run their attention (not part of a checkpoint)."""
+
+    # `gsjax.models.attention.segment_attention`: "plain" holds [heads, P, P] scores (tiny towers);
+    # "blocked" is flash attention in key/query blocks of `attention_block` patches, O(P x block).
+    attention: str = "plain"
+    attention_block: int = 512
+
+    def __post_init__(self) -> None:
+        if self.attention not in SEGMENT_IMPLEMENTATIONS:
+            raise ValueError(f"attention={self.attention!r}; expected one of {SEGMENT_IMPLEMENTATIONS}")
+        if self.attention_block <= 0:
+            raise ValueError(f"attention_block={self.attention_block} must be positive")
 
     @property
     def head_dim(self) -> int:
@@ -98,6 +113,7 @@ class VisionConfig(TowerSizes):
     param_dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         object.__setattr__(self, "deepstack_visual_indexes", tuple(int(i) for i in self.deepstack_visual_indexes))
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size={self.hidden_size} must be a multiple of num_heads={self.num_heads}")
@@ -350,18 +366,6 @@ def apply_rotary(x: jax.Array, angles: jax.Array) -> jax.Array:
     return (x32 * cos + jnp.concatenate([-x2, x1], axis=-1) * sin).astype(x.dtype)
 
 
-def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array) -> jax.Array:
-    """Bidirectional attention of q, k, v [P, heads, head_dim] among patches of the same segment
-    (softmax in fp32). Every patch sees at least itself, so no row is fully masked. Memory is
-    heads x P x P scores."""
-    scale = q.shape[-1] ** -0.5
-    scores = jnp.einsum("qhd,khd->hqk", q, k, preferred_element_type=jnp.float32) * scale
-    same = segment_ids[:, None] == segment_ids[None, :]
-    scores = jnp.where(same[None], scores, -jnp.inf)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("hqk,khd->qhd", probs, v)
-
-
 class Attention(nnx.Module):
     def __init__(self, cfg: VisionConfig, *, rngs: nnx.Rngs):
         e, h, d, pd = cfg.hidden_size, cfg.num_heads, cfg.head_dim, cfg.jnp_param_dtype
@@ -377,7 +381,8 @@ class Attention(nnx.Module):
         qkv = qkv + compute_value(self.qkv_bias).astype(x.dtype)[:, None]
         axes = ("act_patches", "act_heads", "act_head_dim")
         q, k, v = (constrain(y, axes) for y in qkv)
-        out = segment_attention(apply_rotary(q, angles), apply_rotary(k, angles), v, segment_ids)
+        out = segment_attention(apply_rotary(q, angles), apply_rotary(k, angles), v, segment_ids,
+                                impl=self.cfg.attention, block=self.cfg.attention_block)
         out = constrain(out, axes)
         y = jnp.einsum("phd,hde->pe", out, compute_value(self.proj).astype(x.dtype))
         return y + compute_value(self.proj_bias).astype(x.dtype)

@@ -63,10 +63,10 @@ DEFAULT_RULES: dict[str, MeshAxes] = {
     "act_mlp": "tp",
     "act_vocab": "tp",
     "act_cache_len": None,
-    "act_patches": None,  # the vision tower's patches (all images of a batch in one sequence)
-    # The learner's per-micro-batch patch axis as it enters the step: each process's images on its
-    # own devices, like its rows (the tower then works on all of them: act_patches).
-    "act_batch_patches": ("data", "fsdp"),
+    # The vision tower's patches (all images of a call or a micro-batch in one sequence), split
+    # like the rows: each device runs the tower on its share (attention gathers keys and values),
+    # and the learner's batch brings each process's images on its own devices.
+    "act_patches": ("data", "fsdp"),
 }
 
 # The sampler's placement of parameters: whole on every data / fsdp shard and split over tp only,
