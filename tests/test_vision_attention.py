@@ -156,3 +156,31 @@ def test_blocked_on_a_mesh_keeps_queries_sharded_and_holds_no_patches_by_patches
     # plain holds [heads, 128 queries, 512 keys] scores per device; blocked no array with two such sides.
     assert r["plain"]["square_shapes"] and not r["blocked"]["square_shapes"]
     assert r["blocked"]["temp_bytes"] < r["plain"]["temp_bytes"] / 4
+
+
+def test_the_vl_8b_presets_and_loaded_checkpoints_run_the_tower_blocked():
+    from gsjax import config as config_lib
+    from gsjax.models import hf_io
+    from gsjax.models.qwen3 import tiny_config
+    from gsjax.models.qwen3_vl import Qwen3VLConfig
+    from gsjax.plan import model_config
+    from gsjax.train import run_settings
+
+    for preset in ("configs/grpo.py:qwen3vl_8b", "configs/sft.py:qwen3vl_8b"):
+        cfg = config_lib.cli([f"--config={preset}", "--config.model.vision_attention_block=256"], "configs/grpo.py")
+        vision = model_config(cfg).vision
+        assert (vision.attention, vision.attention_block, vision.dtype) == ("blocked", 256, "bfloat16")
+    # A checkpoint's config.json says nothing of how to run: the run settings choose, the decoder's
+    # own settings stay the decoder's, and a text model has no tower to set.
+    vl = Qwen3VLConfig(tiny_config(vocab_size=64, hidden_size=48, num_heads=4, num_kv_heads=2, head_dim=12,
+                                   mrope_section=(2, 2, 2)), tiny_vision_config(out_hidden_size=48),
+                       image_token_id=60, vision_start_token_id=61, vision_end_token_id=62, video_token_id=63)
+    run = run_settings(cfg)
+    loaded = hf_io.config_from_hf(hf_io.config_to_hf(vl), **run)
+    assert (loaded.vision.attention, loaded.vision.attention_block) == ("blocked", 256)
+    assert (loaded.text.attention, loaded.text.attention_block) == ("splash", 512)
+    assert hf_io.config_from_hf(hf_io.config_to_hf(vl)).vision.attention == "plain"
+    assert hf_io.with_run(vl, vision_attention="blocked").vision.attention == "blocked"
+    text = hf_io.config_from_hf(hf_io.config_to_hf(vl.text), **run)
+    assert text.attention == "splash" and not hasattr(text, "vision")
+    assert "vision_attention" not in run_settings(config_lib.cli(["--config=configs/grpo.py:qwen3_8b"], "configs/grpo.py"))

@@ -45,8 +45,8 @@ _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 def config_from_hf(hf: dict[str, Any], source: str = "config.json", **overrides: Any) -> ModelConfig:
     """Translate a Hugging Face config dict into a Qwen3Config (causal LMs) or a Qwen3VLConfig,
-    naming any field that is wrong; `overrides` set RUN_FIELDS (of the decoder, and the dtypes of
-    a vision tower too)."""
+    naming any field that is wrong; `overrides` set RUN_FIELDS (of the decoder, and a vision
+    tower's: `split_run`)."""
     archs = hf.get("architectures") or []
     arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
     if arch is None:
@@ -54,15 +54,15 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json", **overrides:
             f"{source}: field 'architectures' is {archs!r}; expected one of {sorted(SUPPORTED_ARCHITECTURES)}"
         )
     family = SUPPORTED_ARCHITECTURES[arch]
+    decoder_run, tower_run = split_run(overrides)
     if family != "qwen3_vl":
-        return _decoder_config(hf, source, family, bool(hf.get("tie_word_embeddings", False)), **overrides)
+        return _decoder_config(hf, source, family, bool(hf.get("tie_word_embeddings", False)), **decoder_run)
     if not isinstance(hf.get("text_config"), dict) or not isinstance(hf.get("vision_config"), dict):
         raise CheckpointError(f"{source}: a {arch} config needs 'text_config' and 'vision_config' objects")
     text = hf["text_config"]
     tie = bool(hf.get("tie_word_embeddings", text.get("tie_word_embeddings", False)))
-    decoder = _decoder_config(text, f"{source}: text_config", "qwen3", tie, multimodal=True, **overrides)
-    dtypes = {k: v for k, v in overrides.items() if k in ("dtype", "param_dtype")}
-    vision = VisionConfig.from_hf(hf["vision_config"], f"{source}: vision_config", **dtypes)
+    decoder = _decoder_config(text, f"{source}: text_config", "qwen3", tie, multimodal=True, **decoder_run)
+    vision = VisionConfig.from_hf(hf["vision_config"], f"{source}: vision_config", **tower_run)
     ids = {}
     for key in ("image_token_id", "vision_start_token_id", "vision_end_token_id", "video_token_id"):
         if not isinstance(hf.get(key), int):
@@ -347,21 +347,33 @@ def load_tensors_into(
     return nnx.merge(graphdef, nnx.from_flat_state(variables))
 
 
-# Qwen3Config fields a caller may set when loading: how to run the model, not what it is.
-RUN_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat", "attention", "attention_block", "cache_block")
+# Fields a caller may set when loading: how to run the model, not what it is. Qwen3Config's, and
+# a vision tower's attention (`TowerSizes.attention` / `attention_block`; a text model has none).
+RUN_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat", "attention", "attention_block", "cache_block",
+              "vision_attention", "vision_attention_block")
+# The run settings of a vision tower: RUN_FIELDS name -> its config's field.
+TOWER_RUN = {"dtype": "dtype", "param_dtype": "param_dtype", "vision_attention": "attention",
+             "vision_attention_block": "attention_block"}
+
+
+def split_run(run: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """RUN_FIELDS settings (None or "" dropped) as (the decoder's, a vision tower's fields: the
+    dtypes and its attention)."""
+    run = {k: v for k, v in run.items() if v is not None and v != ""}
+    return ({k: v for k, v in run.items() if not k.startswith("vision_")},
+            {TOWER_RUN[k]: v for k, v in run.items() if k in TOWER_RUN})
 
 
 def with_run(cfg: ModelConfig, **run: Any) -> ModelConfig:
-    """`cfg` with RUN_FIELDS set (on the decoder; the dtypes on a vision tower too)."""
+    """`cfg` with RUN_FIELDS set (on the decoder, and on a vision tower: `split_run`)."""
     unknown = sorted(set(run) - set(RUN_FIELDS))
     if unknown:
         raise TypeError(f"unknown run setting(s) {unknown}; expected {RUN_FIELDS}")
-    run = {k: v for k, v in run.items() if v is not None and v != ""}
+    decoder, tower = split_run(run)
     if not isinstance(cfg, Qwen3VLConfig):
-        return dataclasses.replace(cfg, **run)
-    dtypes = {k: v for k, v in run.items() if k in ("dtype", "param_dtype")}
-    return dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, **run),
-                               vision=dataclasses.replace(cfg.vision, **dtypes))
+        return dataclasses.replace(cfg, **decoder)
+    return dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, **decoder),
+                               vision=dataclasses.replace(cfg.vision, **tower))
 
 
 def model_layout(cfg: ModelConfig) -> list[TensorMap]:

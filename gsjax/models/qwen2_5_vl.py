@@ -125,7 +125,7 @@ def vision_input(tokens: np.ndarray, pixel_values: np.ndarray, grids: np.ndarray
 def config_from_hf(hf: dict[str, Any], source: str = "config.json", **run: Any) -> Qwen25VLConfig:
     """A `Qwen2_5_VLForConditionalGeneration` config.json (transformers 5's nested `text_config`,
     or the flat layout older versions saved) as a Qwen25VLConfig, naming any field that is wrong;
-    `run` sets hf_io.RUN_FIELDS of the decoder (and the dtypes of the tower)."""
+    `run` sets hf_io.RUN_FIELDS of the decoder and the tower (`hf_io.split_run`)."""
     archs = hf.get("architectures") or []
     if ARCHITECTURE not in archs:
         raise CheckpointError(f"{source}: field 'architectures' is {archs!r}; expected [{ARCHITECTURE!r}]")
@@ -159,8 +159,7 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json", **run: Any) 
         decoder = dataclasses.replace(decoder, mrope_section=tuple(section), mrope_interleaved=False)
     except ValueError as e:
         raise CheckpointError(f"{text_source}: rope_parameters.mrope_section: {e}") from e
-    dtypes = {k: v for k, v in run.items() if k in ("dtype", "param_dtype") and v}
-    vision = VisionConfig.from_hf(hf["vision_config"], f"{source}: vision_config", **dtypes)
+    vision = VisionConfig.from_hf(hf["vision_config"], f"{source}: vision_config", **hf_io.split_run(run)[1])
     ids = {}
     for key, default in DEFAULT_TOKEN_IDS.items():
         value = hf.get(key, default)
