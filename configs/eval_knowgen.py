@@ -32,7 +32,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.data.world_dir = ""  # a built world; "" = build it once into workdir/world
     # configs/grpo.py's world: the trained policy is evaluated on the prompts it was held out from.
     c.data.world_size = ml_collections.ConfigDict(dict(
-        seed=0, n_train_entities=1000, n_eval_entities=150, n_train_prompts=1400, n_eval_prompts=100))
+        seed=0, n_train_entities=1000, n_eval_entities=150, n_train_prompts=1400, n_eval_prompts=100,
+        image_only_share=0.0))
     c.data.limit = 0  # the first N items only (0 = all)
 
     c.agent = ml_collections.ConfigDict()
@@ -70,6 +71,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         c.workdir = "runs/eval_knowgen_test"
         c.data.world_size.update(n_train_entities=28, n_eval_entities=12, n_train_prompts=40, n_eval_prompts=10)
         c.eval.concurrency = 2
+    elif preset == "image_only":  # configs/grpo.py:image_only's world: looks only in the photos
+        c.workdir = "runs/eval_knowgen_image_only"
+        c.data.world_size.image_only_share = 1.0
     elif preset == "openai":
         c.workdir = "runs/eval_knowgen_openai"
         c.data.world = False
@@ -82,5 +86,5 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         c.reward.update(generator="http", judge="openai", judge_base_url="https://api.openai.com/v1")
         c.eval.concurrency = 5  # the reference's parallel tasks
     else:
-        raise ValueError(f"unknown preset {preset!r} for configs/eval_knowgen.py; expected default, test or openai")
+        raise ValueError(f"unknown preset {preset!r} for configs/eval_knowgen.py; expected default, test, image_only or openai")
     return c

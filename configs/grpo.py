@@ -59,6 +59,10 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         enabled=False, depth=2, hidden_size=64, intermediate_size=128, num_heads=2, patch_size=8,
         temporal_patch_size=2, spatial_merge_size=2, num_position_embeddings=144,
         deepstack_visual_indexes=(0,), mrope_section=()))
+    # A vision tower's attention ("plain" | "blocked": flash-style in blocks of this many patches). A
+    # GRPO batch of the image-only preset holds ~20,000 patches: plain [heads, P, P] scores take GBs.
+    c.model.vision_attention = "blocked"
+    c.model.vision_attention_block = 256
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tp=1))
 
     c.agent = ml_collections.ConfigDict()

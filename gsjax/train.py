@@ -52,6 +52,7 @@ from gsjax.checkpoint import Checkpointer
 from gsjax.data.formats import SFTExample, read_knowgen, read_rl_data, read_sft_data
 from gsjax.fileio import atomic_write
 from gsjax.agent.vision import PolicyImages
+from gsjax.models.hf_io import with_run
 from gsjax.models.interface import VisionLM
 from gsjax.models.qwen3 import Qwen3, Qwen3Config
 from gsjax.models.qwen3_vl import Qwen3VL, Qwen3VLConfig
@@ -135,17 +136,16 @@ def initial_policy(cfg: ml_collections.ConfigDict, tok: Tokenizer, limits: Agent
 def tiny_model(cfg: ml_collections.ConfigDict, tok: Tokenizer) -> Qwen3 | Qwen3VL:
     """The policy built from `model.tiny`: a Qwen3 decoder, or with `model.tiny_vision.enabled` a
     Qwen3-VL of that decoder and a vision tower of `tiny_vision`'s sizes, which sees the tools'
-    images as pixels (the text-only one sees one placeholder per image)."""
-    text = Qwen3Config(**{**cfg.model.tiny.to_dict(), "vocab_size": tok.vocab_size}, **run_settings(cfg))
+    images as pixels (the text-only one sees one placeholder per image); run as `run_settings` say."""
+    text = Qwen3Config(**{**cfg.model.tiny.to_dict(), "vocab_size": tok.vocab_size})
     vision = cfg.model.get("tiny_vision")
     if vision is None or not vision.enabled:
-        return Qwen3(text, rngs=nnx.Rngs(cfg.seed))
+        return Qwen3(with_run(text, **run_settings(cfg)), rngs=nnx.Rngs(cfg.seed))
     sizes = {k: v for k, v in vision.to_dict().items() if k not in ("enabled", "mrope_section")}
     half = text.head_dim // 2
     section = tuple(vision.mrope_section) or (half - 2 * (half * 5 // 16), half * 5 // 16, half * 5 // 16)
     text = dataclasses.replace(text, mrope_section=section, mrope_interleaved=True)
-    tower = VisionConfig(**sizes, out_hidden_size=text.hidden_size, dtype=cfg.model.dtype,
-                         param_dtype=cfg.model.param_dtype)
+    tower = VisionConfig(**sizes, out_hidden_size=text.hidden_size)
     ids = {f: tok.token_to_id(t) for f, t in (("image_token_id", "<|image_pad|>"),
                                               ("vision_start_token_id", "<|vision_start|>"),
                                               ("vision_end_token_id", "<|vision_end|>"))}
@@ -153,7 +153,8 @@ def tiny_model(cfg: ml_collections.ConfigDict, tok: Tokenizer) -> Qwen3 | Qwen3V
     if missing:
         raise ValueError(f"model.tiny_vision: the tokenizer has no token for {missing}")
     # gsjax shows no videos: an id past the vocabulary, which no sequence holds (config.json needs one)
-    return Qwen3VL(Qwen3VLConfig(text, tower, **ids, video_token_id=tok.vocab_size), rngs=nnx.Rngs(cfg.seed))
+    vl = Qwen3VLConfig(text, tower, **ids, video_token_id=tok.vocab_size)
+    return Qwen3VL(with_run(vl, **run_settings(cfg)), rngs=nnx.Rngs(cfg.seed))
 
 
 def _finished(cfg: ml_collections.ConfigDict, out: Path, phase: str, mesh) -> Policy | None:

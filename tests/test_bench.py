@@ -62,3 +62,18 @@ def test_diffusion_bench_gives_the_same_image_as_diffusers():
     result = diffusion.main(["--steps", "2", "--size", "32", "--layers", "1", *ONE_ROUND])
     assert result.outputs_match and result.max_pixel_diff <= 1.5 / 255
     assert math.isfinite(result.ratio.median) and result.ratio.median > 0
+
+
+def test_vision_policy_table_gives_each_seeds_margin_of_the_vlm_over_text():
+    from gsjax.bench.vision_policy import table
+
+    def row(arm, seed, r, k):
+        return {"arm": arm, "seed": seed, "reward": {"sft": r[0], "grpo": r[1]},
+                "k_score": {"sft": k[0], "grpo": k[1], "none": 0.15}}
+
+    out = table([row("vlm", 0, (0.2, 0.4), (0.3, 0.5)), row("text", 0, (0.1, 0.1), (0.2, 0.2)),
+                 row("vlm", 1, (0.3, 0.3), (0.3, 0.3))])  # seed 1 has no text run: no margin row
+    lines = out.splitlines()
+    assert "| vlm - text | 0 | +0.100 | +0.300 | +0.100 | +0.300 |" in lines
+    assert not any(x.startswith("| vlm - text | 1") for x in lines)
+    assert lines[-1] == "no-search baseline K-Score: 0.150"

@@ -82,6 +82,7 @@ def test_tiny_policy_is_a_qwen3vl_with_tiny_vision_and_text_only_without():
     assert sum(vl.cfg.mrope_section) == vl.cfg.head_dim // 2
     assert vl.vl_cfg.image_token_id == tok.token_to_id("<|image_pad|>")
     assert vl.vl_cfg.video_token_id >= tok.vocab_size  # no sequence holds it
+    assert (vl.vl_cfg.vision.attention, vl.vl_cfg.vision.attention_block) == ("blocked", 256)  # run settings
     cfg.model.tiny_vision.enabled = False
     text = tiny_model(cfg, tok)
     assert type(text) is Qwen3 and text.cfg.num_layers == vl.cfg.num_layers and not text.cfg.mrope_section
