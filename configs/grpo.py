@@ -118,9 +118,12 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         c.model.update(dtype="bfloat16", param_dtype="float32",  # fp32 master weights: lr 1e-6 vanishes in bf16
                        scan_layers=True, remat="full", attention="splash", attention_block=512, cache_block=4096)
         if preset == "qwen3vl_8b":
-            # The tower's attention as flash attention in blocks of 512 patches: a learner micro-batch
-            # holds up to 131,072 patches, whose [heads, P, P] scores would not fit (docs/scaling.md).
-            c.model.vision_attention, c.model.vision_attention_block = "blocked", 512
+            # A learner micro-batch holds up to 131,072 patches (docs/scaling.md): the tower's attention
+            # as flash attention in blocks of 512 patches (no [heads, P, P] scores), its 27 blocks
+            # rematerialised (each keeps its input only) and scanned between deepstack taps (one
+            # compiled block per run, not 27).
+            c.model.update(vision_attention="blocked", vision_attention_block=512, vision_remat="full",
+                           vision_scan_blocks=True)
         c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tp=2))  # tp 2: sampler weights halved per chip
         c.agent.today = ""
         c.agent.limits.update(max_tokens_per_turn=4096 + 128, max_conversation_tokens=36000,

@@ -112,10 +112,11 @@ def load_data(cfg: ml_collections.ConfigDict, workdir: Path, tools: ToolsConfig,
 
 def run_settings(cfg: ml_collections.ConfigDict) -> dict:
     """How the model runs (`hf_io.RUN_FIELDS`): dtypes, scanned layers, remat, attention; and a
-    vision tower's attention where the config sets it (`model.vision_attention`, `_block`: the
-    qwen3vl_8b presets)."""
+    vision tower's where the config sets them (`model.vision_attention`, `_block`, `vision_remat`,
+    `vision_scan_blocks`)."""
     m = cfg.model
-    vision = {k: m[k] for k in ("vision_attention", "vision_attention_block") if k in m}
+    vision = {k: m[k] for k in ("vision_attention", "vision_attention_block", "vision_remat", "vision_scan_blocks")
+              if k in m}
     return dict(dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=m.scan_layers, remat=m.remat,
                 attention=m.attention, attention_block=m.attention_block, cache_block=m.cache_block, **vision)
 

@@ -170,6 +170,7 @@ def test_the_vl_8b_presets_and_loaded_checkpoints_run_the_tower_blocked():
         cfg = config_lib.cli([f"--config={preset}", "--config.model.vision_attention_block=256"], "configs/grpo.py")
         vision = model_config(cfg).vision
         assert (vision.attention, vision.attention_block, vision.dtype) == ("blocked", 256, "bfloat16")
+        assert (vision.remat, vision.scan_blocks) == ("full", True)
     # A checkpoint's config.json says nothing of how to run: the run settings choose, the decoder's
     # own settings stay the decoder's, and a text model has no tower to set.
     vl = Qwen3VLConfig(tiny_config(vocab_size=64, hidden_size=48, num_heads=4, num_kv_heads=2, head_dim=12,
@@ -177,7 +178,7 @@ def test_the_vl_8b_presets_and_loaded_checkpoints_run_the_tower_blocked():
                        image_token_id=60, vision_start_token_id=61, vision_end_token_id=62, video_token_id=63)
     run = run_settings(cfg)
     loaded = hf_io.config_from_hf(hf_io.config_to_hf(vl), **run)
-    assert (loaded.vision.attention, loaded.vision.attention_block) == ("blocked", 256)
+    assert (loaded.vision.attention, loaded.vision.attention_block, loaded.vision.remat) == ("blocked", 256, "full")
     assert (loaded.text.attention, loaded.text.attention_block) == ("splash", 512)
     assert hf_io.config_from_hf(hf_io.config_to_hf(vl)).vision.attention == "plain"
     assert hf_io.with_run(vl, vision_attention="blocked").vision.attention == "blocked"

@@ -348,12 +348,13 @@ def load_tensors_into(
 
 
 # Fields a caller may set when loading: how to run the model, not what it is. Qwen3Config's, and
-# a vision tower's attention (`TowerSizes.attention` / `attention_block`; a text model has none).
+# a vision tower's attention (`TowerSizes.attention` / `attention_block`) and Qwen3-VL's tower's
+# blocks (`remat`, `scan_blocks`); a text model has no tower.
 RUN_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat", "attention", "attention_block", "cache_block",
-              "vision_attention", "vision_attention_block")
+              "vision_attention", "vision_attention_block", "vision_remat", "vision_scan_blocks")
 # The run settings of a vision tower: RUN_FIELDS name -> its config's field.
 TOWER_RUN = {"dtype": "dtype", "param_dtype": "param_dtype", "vision_attention": "attention",
-             "vision_attention_block": "attention_block"}
+             "vision_attention_block": "attention_block", "vision_remat": "remat", "vision_scan_blocks": "scan_blocks"}
 
 
 def split_run(run: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -50,15 +50,16 @@ class Qwen3VLConfig:
 
 
 # Qwen3-VL-8B (the paper's policy) as trained: the decoder's run settings as Qwen3-8B's (bf16
-# compute over fp32 master weights, scanned layers, full remat, splash attention), the tower's
-# attention blocked (a learner micro-batch holds up to 131,072 patches: docs/scaling.md).
+# compute over fp32 master weights, scanned layers, full remat, splash attention), and the tower
+# run for a learner micro-batch of up to 131,072 patches (docs/scaling.md): blocked attention,
+# full remat, blocks scanned between deepstack taps.
 QWEN3VL_8B = Qwen3VLConfig(
     text=dataclasses.replace(QWEN3_8B, rope_theta=5_000_000.0, mrope_section=(24, 20, 20), mrope_interleaved=True,
                              max_position_embeddings=262_144),
     vision=VisionConfig(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, out_hidden_size=4096,
                         num_position_embeddings=2304, deepstack_visual_indexes=(8, 16, 24), patch_size=16,
                         temporal_patch_size=2, spatial_merge_size=2, dtype="bfloat16", param_dtype="float32",
-                        attention="blocked", attention_block=512),
+                        attention="blocked", attention_block=512, remat="full", scan_blocks=True),
     image_token_id=151_655, vision_start_token_id=151_652, vision_end_token_id=151_653, video_token_id=151_656,
 )
 

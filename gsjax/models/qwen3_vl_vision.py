@@ -35,7 +35,7 @@ from flax import nnx
 
 from gsjax.models.attention import SEGMENT_IMPLEMENTATIONS, segment_attention
 from gsjax.models.layout import CheckpointError, TensorMap, same, transposed
-from gsjax.models.qwen3 import make_param
+from gsjax.models.qwen3 import REMAT_POLICIES, make_param
 from gsjax.parallel import compute_value, constrain
 
 # The MLP activations gsjax implements, by their transformers name. The mergers always use exact
@@ -111,10 +111,18 @@ class VisionConfig(TowerSizes):
     layer_norm_eps: float = 1e-6  # fixed in transformers, not a config field there
     dtype: str = "float32"  # activations
     param_dtype: str = "float32"
+    # How the blocks run (not part of a checkpoint), as the decoder's layers: what the backward pass
+    # keeps of each block (`gsjax.models.qwen3.REMAT_POLICIES`), and `lax.scan` over the blocks
+    # between deepstack taps (their parameters stacked at trace time) instead of a Python loop, so
+    # a program compiles one block per run of blocks rather than `depth` of them.
+    remat: str = "none"
+    scan_blocks: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "deepstack_visual_indexes", tuple(int(i) for i in self.deepstack_visual_indexes))
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat={self.remat!r}; expected one of {sorted(REMAT_POLICIES)}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size={self.hidden_size} must be a multiple of num_heads={self.num_heads}")
         if self.head_dim % 4:
@@ -447,6 +455,24 @@ class VisionTower(nnx.Module):
         deepstack = [Merger(cfg, after_merge=True, rngs=rngs) for _ in cfg.deepstack_visual_indexes]
         self.deepstack_mergers = nnx.List(deepstack)
 
+    def _run_blocks(self, start: int, end: int, x: jax.Array, angles: jax.Array, segment_ids: jax.Array) -> jax.Array:
+        """Blocks start..end-1 on x: a Python loop, or (`scan_blocks`) `lax.scan` over their
+        parameters stacked; each block checkpointed by the `remat` policy."""
+        policy = REMAT_POLICIES[self.cfg.remat]
+
+        def apply(graphdef, state, x):
+            return nnx.merge(graphdef, state)(x, angles, segment_ids)
+
+        if policy is not None:
+            apply = jax.checkpoint(apply, policy=policy, prevent_cse=not self.cfg.scan_blocks, static_argnums=(0,))
+        splits = [nnx.split(self.blocks[i]) for i in range(start, end)]
+        if self.cfg.scan_blocks and len(splits) > 1:
+            stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(state for _, state in splits))
+            return jax.lax.scan(lambda x, state: (apply(splits[0][0], state, x), None), x, stacked)[0]
+        for graphdef, state in splits:
+            x = apply(graphdef, state, x)
+        return x
+
     def _check(self, patches: jax.Array, layout: VisionLayout) -> None:
         cfg = self.cfg
         p = patches.shape[0]
@@ -472,10 +498,11 @@ class VisionTower(nnx.Module):
         x = constrain(x + pos.astype(x.dtype), ("act_patches", "act_embed"))
         angles = rotary_angles(layout.positions, cfg.head_dim, cfg.rope_theta)
         deepstack = []
-        for i, block in enumerate(self.blocks):
-            x = block(x, angles, layout.segment_ids)
-            if i in cfg.deepstack_visual_indexes:
-                deepstack.append(self.deepstack_mergers[cfg.deepstack_visual_indexes.index(i)](x))
+        ends = sorted({*cfg.deepstack_visual_indexes, cfg.depth - 1})
+        for start, end in zip([0] + [e + 1 for e in ends[:-1]], ends):
+            x = self._run_blocks(start, end + 1, x, angles, layout.segment_ids)
+            if end in cfg.deepstack_visual_indexes:
+                deepstack.append(self.deepstack_mergers[cfg.deepstack_visual_indexes.index(end)](x))
         tokens = self.merger(x)
         if not deepstack:
             return tokens, jnp.zeros((0, *tokens.shape), tokens.dtype)
