@@ -17,6 +17,10 @@ config's real shapes:
   can bring (every trajectory of the step as long as a row), micro-batched by `rl.micro_batch_tokens`;
 - `sft step`: the SFT step at `sft.rows_per_batch` x `sft.row_len`, micro-batched by
   `sft.micro_batch_tokens` (when the config trains SFT);
+- for a vision-language policy both learner programs hold images (`LearnerImages`): every row one
+  trajectory's most, `max_rounds - 1` tool responses of `images_per_response` images of
+  `max_pixels` each, bucketed per micro-batch as `TrainState` buckets them (the note says how many);
+  a row that packs several image-heavy trajectories brings more, in a larger bucket;
 - with `--generator`: one Qwen-Image-Edit transformer forward with true CFG (batch 2) at the
   reference's ~1 MP output and 3 reference images, on the generator's own mesh (`--generator-mesh`).
 
@@ -161,6 +165,7 @@ class Measured:
     compile_s: float = 0.0
     shardings: dict[str, str] = dataclasses.field(default_factory=dict)  # input role -> PartitionSpec
     refused: bool = False  # the compiler refused it for lack of HBM (temp: what it said it needs)
+    largest: list[str] = dataclasses.field(default_factory=list)  # the largest array shapes in the program
 
     @property
     def total(self) -> int:
@@ -200,7 +205,22 @@ def measure(name: str, lowered, mesh, roles: dict[str, int], note: str = "",
     print(f"  compiled {name} in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     return Measured(name, dict(mesh.shape), roles, m.argument_size_in_bytes, m.output_size_in_bytes,
                     m.alias_size_in_bytes, m.temp_size_in_bytes, m.generated_code_size_in_bytes, note=note,
-                    compile_s=time.perf_counter() - start, shardings=shardings or {})
+                    compile_s=time.perf_counter() - start, shardings=shardings or {},
+                    largest=largest_arrays(compiled.as_text()))
+
+
+_ITEMSIZE = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4,
+             "f64": 8, "s64": 8, "u64": 8}
+
+
+def largest_arrays(hlo: str, most: int = 8) -> list[str]:
+    """The `most` largest array shapes (per device) written in a compiled program's HLO text, largest
+    first, as "f32[4,512,512]": where a program's temporaries go (a [B, T, V] or [P, P] array shows
+    here)."""
+    sizes = {}
+    for dtype, dims in re.findall(r"\b(" + "|".join(_ITEMSIZE) + r")\[([\d,]+)\]", hlo):
+        sizes[f"{dtype}[{dims}]"] = math.prod(int(d) for d in dims.split(",")) * _ITEMSIZE[dtype]
+    return sorted(sizes, key=lambda k: -sizes[k])[:most]
 
 
 def flops_of(lowered) -> float:
@@ -331,20 +351,66 @@ def with_layers(model_cfg, layers: int):
     return dataclasses.replace(model_cfg, text=small) if hasattr(model_cfg, "text") else small
 
 
+def image_patches(cfg, vl_cfg) -> int:
+    """Patches of one image at its most: sides multiples of the processor's factor within
+    `max_pixels` (as `fit_pixels` and the processor size a tool image), the most patches of any
+    such shape (160,000 pixels at factor 32: 416 x 384, 26 x 24 = 624 patches; a square gets 576)."""
+    from gsjax.agent.vision import PolicyImages
+
+    processor = PolicyImages.for_tower(vl_cfg.vision, cfg.agent.limits.max_pixels).processor
+    factor, cap = processor.factor, min(cfg.agent.limits.max_pixels, processor.max_pixels)
+    area = max((h * (cap // h // factor * factor) for h in range(factor, cap // factor + 1, factor)), default=0)
+    if area < factor * factor:
+        raise SystemExit(f"error: agent.limits.max_pixels={cfg.agent.limits.max_pixels} holds no "
+                         f"{factor} x {factor} image")
+    return area // vl_cfg.vision.patch_size ** 2
+
+
 def response_patches(cfg, vl_cfg) -> tuple[int, int]:
     """Patches (bucketed as the sampler buckets them) and merged image tokens of one tool response
     at its most: `images_per_response` images of at most `max_pixels` pixels."""
-    from gsjax.agent.vision import PolicyImages
-    from gsjax.data.images import smart_resize
     from gsjax.train_state import next_pow2
 
-    limits = cfg.agent.limits
-    images = PolicyImages.for_tower(vl_cfg.vision, limits.max_pixels)
-    side = int(math.isqrt(limits.max_pixels))
-    h, w = smart_resize(side, side, images.processor.factor, images.processor.min_pixels, images.processor.max_pixels)
-    per_image = (h // vl_cfg.vision.patch_size) * (w // vl_cfg.vision.patch_size)
-    total = per_image * limits.images_per_response
+    total = image_patches(cfg, vl_cfg) * cfg.agent.limits.images_per_response
     return next_pow2(total), next_pow2(total) // vl_cfg.vision.spatial_merge_size ** 2
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnerImages:
+    """The images the planner puts in each learner micro-batch: every row holds one trajectory's
+    most (each of its `max_rounds - 1` tool responses with `images_per_response` images of
+    `max_pixels`), bucketed per process as `TrainState` buckets them."""
+
+    per_row: int  # images
+    per_image: int  # patches
+    rows: int  # rows per micro-batch (all processes)
+    processes: int
+    bucket: int  # patches per micro-batch (all processes): the program's P
+
+    @property
+    def patches(self) -> int:
+        return self.rows * self.per_row * self.per_image
+
+    def note(self) -> str:
+        return (f"{self.per_row} images per row (one trajectory at its most) x {self.per_image} patches: "
+                f"{self.patches:,} patches per micro-batch, bucketed to {self.bucket:,}")
+
+
+def learner_images(cfg, vl_cfg, trainer, rows_per_micro: int, row_len: int) -> LearnerImages:
+    """What `LearnerImages` says, for `trainer`'s mesh (its devices' processes: one per host)."""
+    from gsjax.agent.protocol import AgentLimits
+    from gsjax.data.vision_batch import bucket
+
+    limits = AgentLimits(**cfg.agent.limits)
+    per_row, per_image = limits.max_tool_calls * limits.images_per_response, image_patches(cfg, vl_cfg)
+    tokens = per_row * per_image // vl_cfg.vision.merge_unit
+    if tokens > row_len:
+        raise SystemExit(f"error: {per_row} images of {per_image} patches are {tokens} image tokens, more than a "
+                         f"learner row of {row_len}")
+    processes = len({d.process_index for d in trainer.mesh.devices.flat})
+    unit = math.lcm(vl_cfg.vision.merge_unit, max(1, trainer.batch_shards // processes))  # TrainState.patch_unit
+    per_process = bucket(-(-rows_per_micro // processes) * per_row * per_image, unit)
+    return LearnerImages(per_row, per_image, rows_per_micro, processes, per_process * processes)
 
 
 def _learner_roles(trainer, batch_bytes: int) -> dict[str, int]:
@@ -353,9 +419,10 @@ def _learner_roles(trainer, batch_bytes: int) -> dict[str, int]:
 
 
 def plan_learner(name: str, make_trainer: Callable[[Any], Any], fields: dict, rows: int, row_len: int,
-                 micro_tokens: int, model_cfg, mesh, with_flops: bool, aux: bool = False) -> Measured:
+                 micro_tokens: int, model_cfg, mesh, with_flops: bool, aux: bool = False, cfg=None) -> Measured:
     """`rows` rows of `row_len` tokens (the worst batch), in micro-batches of `micro_tokens` per
-    device (0: one micro-batch)."""
+    device (0: one micro-batch). A vision-language policy's rows hold images (`learner_images` of
+    `cfg`, when the agent shows it any)."""
     from gsjax.train_state import next_pow2
 
     trainer = make_trainer(model_cfg)
@@ -363,32 +430,28 @@ def plan_learner(name: str, make_trainer: Callable[[Any], Any], fields: dict, ro
     per_micro = (max(1, micro_tokens // row_len) if micro_tokens else next_pow2(math.ceil(rows / shards))) * shards
     micro = next_pow2(math.ceil(rows / per_micro))
     ref = trainer.params if aux else None
-    lowered = trainer.lower_update(fields, micro, per_micro, row_len, ref)
-    batch = {k: _abstract_rows(trainer, (micro, per_micro, row_len), dt) for k, dt in fields.items()}
+    images = None
+    if trainer.vision is not None and cfg is not None and cfg.agent.limits.images_per_response:
+        images = learner_images(cfg, trainer.vision, trainer, per_micro, row_len)
+    patches = images.bucket if images else 0
+    lowered = trainer.lower_update(fields, micro, per_micro, row_len, ref, patches)
+    batch = trainer.abstract_batch(fields, micro, per_micro, row_len, patches)
     roles = _learner_roles(trainer, per_chip_bytes(batch))
     if aux:
         roles["frozen reference"] = per_chip_bytes(ref)
-    m = measure(name, lowered, mesh, roles, f"{micro} micro-batches x {per_micro} rows x {row_len} tokens",
-                {"batch": str(next(iter(batch.values())).sharding.spec)})
+    note = f"{micro} micro-batches x {per_micro} rows x {row_len} tokens" + (f"; {images.note()}" if images else "")
+    specs = {"batch": str(batch["segment_ids"].sharding.spec)}
+    if images:
+        specs["patches"] = str(batch["patches"].sharding.spec)
+    m = measure(name, lowered, mesh, roles, note, specs)
     if with_flops and not m.refused:
         def small(layers):
             t = make_trainer(with_layers(model_cfg, layers))
-            return t.lower_update(fields, 1, per_micro, row_len, t.params if aux else None)
+            return t.lower_update(fields, 1, per_micro, row_len, t.params if aux else None, patches)
 
         # Micro-batches past the batch's rows are all padding and skipped (lax.cond): not counted.
         m.flops = scaled(extrapolated_flops(small, decoder(model_cfg).num_layers), math.ceil(rows / per_micro))
     return m
-
-
-def _abstract_rows(trainer, shape, dtype):
-    import jax
-    from jax.sharding import NamedSharding
-
-    from gsjax.parallel import logical_to_spec
-    from gsjax.train_state import ROW_AXES
-
-    return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(
-        trainer.mesh, logical_to_spec(ROW_AXES, shape, dict(trainer.mesh.shape))))
 
 
 def plan_grpo(cfg, model_cfg, mesh, with_flops: bool) -> Measured:
@@ -402,12 +465,12 @@ def plan_grpo(cfg, model_cfg, mesh, with_flops: bool) -> Measured:
     grpo = GRPOConfig(lr=r.lr, temperature=r.temperature, row_len=learner_row_len(cfg),
                       micro_batch_tokens=r.micro_batch_tokens, vocab_chunk=r.vocab_chunk,
                       loss=LossConfig(clip_low=r.clip_low, clip_high=r.clip_high, dual_clip=r.dual_clip or None,
-                                      kl_coef=r.kl_coef, agg=r.loss_agg))
+                                      kl_coef=r.kl_coef, agg=r.loss_agg), train_vision=r.train_vision)
     fields = {**ROW_FIELDS, "segment_ids": np.int32, "positions": np.int32}
     trajectories = r.prompts_per_step * r.group_size
     return plan_learner("grpo update", lambda m: GRPOTrainer(abstract_model(m), grpo, mesh=mesh), fields,
                         trajectories, grpo.row_len, r.micro_batch_tokens, model_cfg, mesh, with_flops,
-                        aux=bool(r.kl_coef))
+                        aux=bool(r.kl_coef), cfg=cfg)
 
 
 def plan_sft(cfg, model_cfg, mesh, with_flops: bool) -> Measured:
@@ -416,11 +479,12 @@ def plan_sft(cfg, model_cfg, mesh, with_flops: bool) -> Measured:
     from gsjax.sft.trainer import SFTConfig, SFTTrainer
 
     s = cfg.sft
-    sft = SFTConfig(steps=max(s.steps, 1), lr=s.lr, micro_batch_tokens=s.micro_batch_tokens, vocab_chunk=s.vocab_chunk)
+    sft = SFTConfig(steps=max(s.steps, 1), lr=s.lr, micro_batch_tokens=s.micro_batch_tokens, vocab_chunk=s.vocab_chunk,
+                    train_vision=s.train_vision)
     fields = {"tokens": np.int32, "loss_mask": np.float32, "segment_ids": np.int32, "positions": np.int32,
               "mean_weights": np.float32}
     return plan_learner("sft step", lambda m: SFTTrainer(abstract_model(m), sft, mesh=mesh), fields,
-                        s.rows_per_batch, s.row_len, s.micro_batch_tokens, model_cfg, mesh, with_flops)
+                        s.rows_per_batch, s.row_len, s.micro_batch_tokens, model_cfg, mesh, with_flops, cfg=cfg)
 
 
 def plan_generator(devices, mesh_spec: dict, with_flops: bool) -> Measured:
@@ -554,7 +618,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"error: --programs {sorted(unknown)}; expected rollout, grpo, sft")
     dec = decoder(model_cfg)
-    tower = f", vision tower {model_cfg.vision.num_params() / 1e9:.2f} B" if dec is not model_cfg else ""
+    tower = (f", vision tower {model_cfg.vision.num_params() / 1e9:.2f} B with {model_cfg.vision.attention} attention"
+             f" (block {model_cfg.vision.attention_block})" if dec is not model_cfg else "")
     print(f"model: {model_cfg.num_params() / 1e9:.2f} B parameters ({dec.num_layers} layers, "
           f"d={dec.hidden_size}, vocab {dec.vocab_size}{tower}), params {dec.param_dtype}, "
           f"compute {dec.dtype}, scan_layers={dec.scan_layers}, remat={dec.remat}, "

@@ -23,7 +23,8 @@ MID = ["--config=configs/grpo.py:qwen3_8b", "--config.model.architecture=", "--c
 
 
 def _plan(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
-    pytest.importorskip("libtpu", reason="compiling for TPU topologies needs the tpu extra (make test installs it)")
+    if not any(a.startswith("--topology=cpu:") for a in args):
+        pytest.importorskip("libtpu", reason="compiling for TPU topologies needs the tpu extra (make test installs it)")
     out = tmp_path / "plan.json"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-m", "gsjax.plan", *args, f"--json={out}"], cwd=ROOT, env=env,
@@ -108,3 +109,38 @@ def test_a_vision_language_policy_plans_its_image_programs():
     embeds, deepstack = jax.eval_shape(lambda w, *a: p._encode(w, *a), weights, *p.abstract_encode_inputs(64))
     assert embeds.shape == (16, 48) and deepstack.shape == (2, 16, 48)
     assert all(c.memory_analysis() is not None for c in (encode, prefill, text))
+
+
+def test_a_vision_language_learner_plans_its_images_and_holds_no_patches_by_patches_array(tmp_path):
+    """The GRPO update of a Qwen3-VL policy (a tiny one, from its config.json alone) is planned with
+    images: every row a trajectory's most (2 tool responses x 2 images of 624 patches), 4 rows per
+    micro-batch, 16,384 patches split over the 4 batch shards; the tower's blocked attention holds
+    no array with two sides of a device's 4,096 patches (plain holds [4,096, 16,384] scores)."""
+    from gsjax.models import hf_io
+    from gsjax.models.qwen3 import tiny_config
+    from gsjax.models.qwen3_vl import Qwen3VLConfig
+    from gsjax.models.qwen3_vl_vision import tiny_vision_config
+
+    cfg = Qwen3VLConfig(tiny_config(vocab_size=512, hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16,
+                                    mrope_section=(4, 2, 2)),
+                        tiny_vision_config(depth=2, deepstack_visual_indexes=(0,), out_hidden_size=64, patch_size=16,
+                                           num_position_embeddings=64),
+                        image_token_id=500, vision_start_token_id=501, vision_end_token_id=502, video_token_id=503)
+    assert cfg.vision.attention == "plain"  # "blocked" comes from the preset's run setting
+    (tmp_path / "policy").mkdir()
+    (tmp_path / "policy" / "config.json").write_text(json.dumps(hf_io.config_to_hf(cfg)))
+    proc, doc = _plan(tmp_path, "--topology=cpu:8", "--config=configs/grpo.py:qwen3vl_8b", "--config.model.architecture=",
+                      f"--config.model.path={tmp_path / 'policy'}", "--config.model.attention=blocked",
+                      "--config.rl.cache_len=2048", "--config.rl.micro_batch_tokens=2048",
+                      "--config.agent.limits.max_rounds=3", "--config.agent.limits.images_per_response=2",
+                      "--programs=grpo", "--no-flops")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (update,) = doc["programs"]
+    assert update["name"] == "grpo update" and update["mesh"] == {"data": 1, "fsdp": 4, "tp": 2}
+    assert ("4 images per row (one trajectory at its most) x 624 patches: 9,984 patches per micro-batch, "
+            "bucketed to 16,384") in update["note"]
+    assert update["shardings"]["patches"] == "P(None, 'fsdp', None)"
+    local = 16_384 // 4
+    shapes = [[int(d) for d in s[s.index("[") + 1:-1].split(",")] for s in update["largest"]]
+    assert shapes and not [s for s in shapes if sum(d >= local for d in s) >= 2], update["largest"]
+    assert update["temp"] < local * 16_384 * 4  # one head's fp32 scores of one layer, per chip
