@@ -263,7 +263,7 @@ def model_config(cfg) -> Any:
             raise SystemExit(f"error: model.architecture {cfg.model.architecture!r}; expected one of "
                              f"{sorted(hf_io.ARCHITECTURES)}")
         return hf_io.with_run(hf_io.ARCHITECTURES[cfg.model.architecture], **run)
-    return Qwen3Config(**cfg.model.tiny.to_dict(), **run)
+    return hf_io.with_run(Qwen3Config(**cfg.model.tiny.to_dict()), **run)
 
 
 def abstract_model(model_cfg):

@@ -74,8 +74,10 @@ def test_learner_steps_on_two_processes_equal_one_process_and_one_device(tmp_pat
         assert other["sft_params"] == pytest.approx(one["sft_params"], rel=1e-6)
         for a, b in zip(one["grpo"], other["grpo"]):
             assert abs(a["loss"]) > 0.1  # real advantages: the groups' rewards differ
-            for key, value in a.items():  # the loss to 1e-5; the gradient norm (about 20) relatively
-                assert b[key] == pytest.approx(value, abs=1e-5, rel=1e-5), key
+            for key, value in a.items():  # the loss to 1e-5; the gradient norm (about 20) relatively:
+                # 8 devices over 2 processes sum a norm of ~1e5 terms in another order (1.2e-5 seen)
+                rel = 3e-5 if key == "grad_norm" else 1e-5
+                assert b[key] == pytest.approx(value, abs=1e-5, rel=rel), key
         assert other["grpo_params"] == pytest.approx(one["grpo_params"], rel=1e-6)
 
 
