@@ -52,7 +52,7 @@ from gsjax.checkpoint import Checkpointer
 from gsjax.data.formats import SFTExample, read_knowgen, read_rl_data, read_sft_data
 from gsjax.fileio import atomic_write
 from gsjax.agent.vision import PolicyImages
-from gsjax.models.hf_io import with_run
+from gsjax.models.hf_io import RUN_FIELDS, with_run
 from gsjax.models.interface import VisionLM
 from gsjax.models.qwen3 import Qwen3, Qwen3Config
 from gsjax.models.qwen3_vl import Qwen3VL, Qwen3VLConfig
@@ -114,11 +114,7 @@ def run_settings(cfg: ml_collections.ConfigDict) -> dict:
     """How the model runs (`hf_io.RUN_FIELDS`): dtypes, scanned layers, remat, attention; and a
     vision tower's where the config sets them (`model.vision_attention`, `_block`, `vision_remat`,
     `vision_scan_blocks`)."""
-    m = cfg.model
-    vision = {k: m[k] for k in ("vision_attention", "vision_attention_block", "vision_remat", "vision_scan_blocks")
-              if k in m}
-    return dict(dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=m.scan_layers, remat=m.remat,
-                attention=m.attention, attention_block=m.attention_block, cache_block=m.cache_block, **vision)
+    return {k: cfg.model[k] for k in RUN_FIELDS if k in cfg.model}
 
 
 def initial_policy(cfg: ml_collections.ConfigDict, tok: Tokenizer, limits: AgentLimits, sampling: SamplingParams,
@@ -139,8 +135,8 @@ def tiny_model(cfg: ml_collections.ConfigDict, tok: Tokenizer) -> Qwen3 | Qwen3V
     Qwen3-VL of that decoder and a vision tower of `tiny_vision`'s sizes, which sees the tools'
     images as pixels (the text-only one sees one placeholder per image); run as `run_settings` say."""
     text = Qwen3Config(**{**cfg.model.tiny.to_dict(), "vocab_size": tok.vocab_size})
-    vision = cfg.model.get("tiny_vision")
-    if vision is None or not vision.enabled:
+    vision = cfg.model.tiny_vision
+    if not vision.enabled:
         return Qwen3(with_run(text, **run_settings(cfg)), rngs=nnx.Rngs(cfg.seed))
     sizes = {k: v for k, v in vision.to_dict().items() if k not in ("enabled", "mrope_section")}
     half = text.head_dim // 2
