@@ -96,6 +96,46 @@ def test_rules_and_failures_are_recorded_not_raised(world):
     assert r.status is RewardStatus.FAILED and "judge exploded" in r.reason
 
 
+def test_no_answer_fallback_scores_an_unusable_episode_as_evaluation_does(world):
+    import dataclasses
+
+    from gsjax.rewards.generator import answer_request
+
+    root, keys, computer = world
+    settings = dataclasses.replace(computer.settings, no_answer="fallback")
+    fallback = RewardComputer(computer.generator, computer.judge, root / "g_fallback", settings)
+    key = keys[1]
+    good = _answer(key, root, key.gen_prompt)
+    # What evaluation gets for the original prompt alone: its image judged, no answer text.
+    t2i = answer_request(None, key.prompt, settings)
+    gen = computer.generator.generate(t2i, root / "t2i.png")
+    r_img = computer.judge.judge_image(key.id, key.prompt, gen.path, str(root / key.gt_image))
+    from gsjax.rewards.score import image_reward
+
+    expected = (1 - settings.text_coef) * image_reward(r_img, settings)
+    assert expected > 0
+    for answer, termination in ((None, Termination.NO_ANSWER), (good, Termination.REPEATED),
+                                (Answer("  ", good.references), Termination.ANSWER),
+                                (Answer(key.gen_prompt, ()), Termination.ANSWER), (None, Termination.PARSE_FAILED)):
+        zero = computer.score(_input(key, root, answer, f"z{termination.value}", termination)).result
+        assert zero.status is RewardStatus.ZERO_BY_RULE and zero.reward == 0.0  # the reference's rule
+        r = fallback.score(_input(key, root, answer, f"f{termination.value}", termination)).result
+        assert r.status is RewardStatus.SCORED and r.text_part == 0.0, (termination, r)
+        assert r.reward == pytest.approx(expected), termination
+    # An answer with too many references is generated from its first ones, as evaluation does.
+    five = Answer(key.gen_prompt, good.references * 5)
+    assert computer.score(_input(key, root, five, "five0")).result.reason == "ref_count"
+    r_five = fallback.score(_input(key, root, five, "five")).result
+    r_good = fallback.score(_input(key, root, good, "good")).result
+    assert r_five.status is RewardStatus.SCORED and r_five.reward == pytest.approx(r_good.reward)
+    assert r_good.reward > expected
+    # The environment's errors stay failures; a bad setting is refused by name.
+    err = fallback.score(_input(key, root, None, "err", Termination.ERROR)).result
+    assert err.status is RewardStatus.FAILED
+    with pytest.raises(ValueError, match="reward.no_answer must be one of"):
+        RewardSettings(no_answer="baseline")
+
+
 def test_plan_request_is_the_one_place_for_fallback_and_ref_count():
     s = RewardSettings()
     edit = plan_request("gp", "orig", ["a", "b", "c", "d"], s)

@@ -59,7 +59,8 @@ def build_judge(cfg: ml_collections.ConfigDict, world_dir: Path | str | None) ->
 def build_rewards(cfg: ml_collections.ConfigDict, world_dir: Path | str | None, out_dir: Path | str,
                   **settings) -> RewardComputer:
     """A `RewardComputer` for the config; `settings` override `RewardSettings` fields."""
-    merged = dict(text_coef=cfg.text_coef, min_refs=cfg.min_refs, max_refs=cfg.max_refs) | settings
+    merged = dict(text_coef=cfg.text_coef, min_refs=cfg.min_refs, max_refs=cfg.max_refs,
+                  no_answer=cfg.no_answer) | settings
     return RewardComputer(build_generator(cfg, world_dir), build_judge(cfg, world_dir), out_dir,
                           RewardSettings(**merged), workers=cfg.workers)
 
@@ -71,4 +72,5 @@ def reward_config() -> ml_collections.ConfigDict:
         generator_model="", generator_text_encoder="", generator_dtype="bfloat16",
         judge="world", judge_base_url="", judge_model="gpt-4.1", judge_key_env="OPENAI_API_KEY",
         text_coef=0.5, min_refs=1, max_refs=4, workers=16,
+        no_answer="zero",  # "fallback": an unusable answer scored as evaluation scores it (RewardSettings)
     ))

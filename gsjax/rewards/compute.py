@@ -12,10 +12,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from gsjax.agent.types import Answer, ImageRef, Termination
-from gsjax.rewards.generator import ImageGenerator, plan_request, valid_ref_paths
+from gsjax.rewards.generator import ImageGenerator, answer_request, plan_request, valid_ref_paths
 from gsjax.rewards.judge import Judge
 from gsjax.rewards.score import failed, image_reward, precheck, scored
-from gsjax.rewards.types import JudgeScores, RewardResult, RewardSettings, TextScore
+from gsjax.rewards.types import JudgeScores, RewardResult, RewardSettings, RewardStatus, TextScore
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,11 +54,19 @@ class RewardComputer:
         answer = inp.answer
         valid = valid_ref_paths(answer)
         early = precheck(inp.termination, answer, len(valid), self.settings)
+        judge_text = self.settings.text_coef > 0
         if early is not None:
-            return ScoredEpisode(early)
+            if early.status is RewardStatus.FAILED or self.settings.no_answer == "zero":
+                return ScoredEpisode(early)
+            # "fallback": as evaluation sends it (the original prompt alone unless the answer is usable;
+            # only an episode that ended with its answer has one)
+            request = answer_request(answer if inp.termination is Termination.ANSWER else None, inp.question,
+                                     self.settings)
+            judge_text = judge_text and bool(request.ref_paths)
+        else:
+            request = plan_request(answer.gen_prompt, inp.question, valid, self.settings)
         if not Path(inp.gt_path).is_file():
             return ScoredEpisode(failed(f"ground truth image missing: {inp.gt_path}"))
-        request = plan_request(answer.gen_prompt, inp.question, valid, self.settings)
         out = self.out_dir / f"{inp.name or inp.sample_id}.png"
         gen = self.generator.generate(request, out)
         if gen.path is None:
@@ -67,11 +75,13 @@ class RewardComputer:
         if isinstance(scores, str):
             return ScoredEpisode(failed(f"image judge: {scores}"), gen.path)
         text = None
-        if self.settings.text_coef > 0:
+        if judge_text:
             text = self.judge.judge_text(inp.sample_id, inp.question, inp.gt_path, answer, inp.images)
             if isinstance(text, str):
                 return ScoredEpisode(failed(f"text judge: {text}"), gen.path, scores)
-        result = scored(image_reward(scores, self.settings), None if text is None else text.score, self.settings)
+        # A fallback's text part is 0: there is no answer to judge
+        text_part = text.score if text is not None else 0.0 if self.settings.text_coef > 0 else None
+        result = scored(image_reward(scores, self.settings), text_part, self.settings)
         return ScoredEpisode(result, gen.path, scores, text)
 
     def score_many(self, inputs: Sequence[RewardInput], progress: bool = True, desc: str = "rewards") -> list[ScoredEpisode]:

@@ -112,6 +112,9 @@ class RewardResult:
         return self.status is not RewardStatus.FAILED
 
 
+NO_ANSWER_RULES = ("zero", "fallback")
+
+
 @dataclasses.dataclass(frozen=True)
 class RewardSettings:
     """Reward constants (reference values; reference-spec.md section 4)."""
@@ -127,10 +130,18 @@ class RewardSettings:
     weight_text: float = 0.4
     weight_aesthetics: float = 0.1
     text_na_value: float = 0.5  # T used in R_img when the prompt needs no text
+    # An episode the reference's rules give 0 (no usable answer: none, overlong, unparsed, no valid
+    # reference): "zero" as the reference; "fallback" scores it as evaluation does, the original
+    # prompt alone to text-to-image, judged, with text part 0 (an answer with too many references is
+    # generated from its first `generator_refs`), so GRPO cannot gain by giving up the fallback that
+    # evaluation grants an unanswered item.
+    no_answer: str = "zero"
 
     def __post_init__(self) -> None:
         _check_unit("text_coef", self.text_coef)
         _check_unit("text_na_value", self.text_na_value)
+        if self.no_answer not in NO_ANSWER_RULES:
+            raise ValueError(f"reward.no_answer must be one of {NO_ANSWER_RULES}, got {self.no_answer!r}")
         if not 0 <= self.min_refs <= self.max_refs:
             raise ValueError(
                 f"need 0 <= min_refs <= max_refs, got min_refs={self.min_refs} "
