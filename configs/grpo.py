@@ -33,6 +33,10 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         seed=0, n_train_entities=1000, n_eval_entities=150, n_train_prompts=1400, n_eval_prompts=100,
         image_only_share=0.0))  # entities whose looks only their photos show (no page describes them)
     c.data.expert = ml_collections.ConfigDict(dict(sft_prompts=1000, top_k=1, image_top_k=1))
+    # The world's BPE: "kept" learns it from the SFT trajectories as they are (names they repeat become
+    # whole tokens); "fresh" with each fictional name replaced by a new one, so train and held-out
+    # names split alike into syllables (measured worse: docs/training.md). world/assets.py:tokenizer_corpus.
+    c.data.tokenizer_names = "kept"
     c.data.sft_data = ""  # sft_data.json (sharegpt)
     c.data.rl_data = ""  # rl_data.json
     c.data.eval_data = ""  # a KnowGen-format benchmark file (held-out prompts)

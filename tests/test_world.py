@@ -111,6 +111,53 @@ def test_variant_changes_one_vowel_and_is_fresh():
     assert not gen.reserve(v)  # already taken
 
 
+def test_generator_records_every_word_it_hands_out_and_the_world_keeps_them(world, tiny):
+    gen = NameGenerator(5)
+    words = [gen.word() for _ in range(20)] + [gen.person()]
+    words += [gen.variant(words[0])]
+    assert gen.issued == words[:20] + words[20].split() + [words[21]]
+    assert len(world.names) > len(world.entities) // 2
+    bases = {e.base for e in world.entities}
+    assert bases <= set(world.names)  # every entity's fictional word, distractors' variants too
+    assert load_world(tiny).names == world.names  # kept in world.json
+
+
+def _could_be_a_name(word: str) -> bool:
+    """The shape NameGenerator.word gives: 2-3 (onset + vowel) syllables and an optional coda."""
+    from gsjax.world.names import CODAS, ONSETS, VOWELS
+
+    def alt(xs):
+        return "|".join(sorted(set(xs) - {""}, key=len, reverse=True))
+
+    shape = f"(?:(?:{alt(ONSETS)})(?:{alt(VOWELS)})){{2,3}}(?:{alt(CODAS)})?"
+    return 4 <= len(word) <= 10 and re.fullmatch(shape, word) is not None
+
+
+def test_no_english_word_of_the_world_could_be_drawn_as_a_name(tiny, corpus):
+    # An entity called 'Logo' would turn 'logo' into a name wherever the pages say it (and the
+    # tokenizer's corpus would scramble it with the names: assets.tokenizer_corpus).
+    texts = [p.text for p in corpus.pages] + [i.title for i in corpus.images]
+    texts += [k.prompt + " " + k.gen_prompt for k in read_truth(tiny.truth).values()]
+    english = {w for t in texts for w in re.findall(r"(?<![A-Za-z/-])[a-z]+(?![A-Za-z/-])", t)}
+    from gsjax.world.names import RESERVED
+    assert sorted(w for w in english if _could_be_a_name(w) and w not in RESERVED) == []
+
+
+def test_name_replacer_gives_each_occurrence_a_new_word_in_its_case():
+    from gsjax.world.names import name_replacer
+
+    replace = name_replacer(["Noujen", "Toum"], NameGenerator("t"), suffixes=["ite"])
+    out = replace("Noujen won; NOUJEN again at /page/noujen-athletic. Toumite and the logo stay.")
+    words = re.findall(r"[A-Za-z]+", out)
+    assert "Noujen" not in out and "noujen" not in out.lower()
+    first, upper, low = words[0], words[2], words[6]
+    assert first[0].isupper() and first[1:].islower() and upper.isupper() and low.islower()
+    assert len({first.lower(), upper.lower(), low.lower()}) == 3  # a new word each time
+    mineral = next(w for w in words if w.endswith("ite"))
+    assert mineral != "Toumite" and mineral[0].isupper()
+    assert out.endswith(" and the logo stay.") and "won; " in out and "-athletic." in out
+
+
 def test_vocabularies_are_disjoint_and_describe_reads_back():
     sizes = [len(COLOURS), len(SHAPES), len(PATTERNS), len(GLYPHS), len(SCENES)]
     assert len(ALL_WORDS) == sum(sizes)
@@ -457,3 +504,49 @@ def test_undescribed_looks_are_in_no_page_only_in_the_photos(tmp_path):
             assert generator.recognise(str(root / image_file(path))) == e.signature
     described = [e for e in world.entities if e.described]
     assert described and all(e.signature.describe() in text for e in described)
+
+
+# ---------------------------------------------------------------------------------------------
+# the tokenizer learned for training on the world (gsjax.world.assets)
+
+
+def _name_pieces(tok, names):
+    """Mean tokens per fictional word of `names` as it appears after a space."""
+    counts = [len(tok.backend.encode(" " + n, add_special_tokens=False).ids) for n in names]
+    return sum(counts) / len(counts)
+
+
+def test_fresh_tokenizer_names_split_train_and_held_out_names_alike(tiny, world, tmp_path):
+    from gsjax.data.formats import Message, SFTExample
+    from gsjax.world.assets import tokenizer_once
+
+    keys = list(read_truth(tiny.truth).values())
+    # SFT trajectories repeat their entity's name (prompt, thought, query, results, answer).
+    examples = [SFTExample((Message("user", k.prompt), Message("assistant", (k.gen_prompt + " ") * 6)), ())
+                for k in keys if k.split == "train"] * 3
+    split_words = {}
+    for split in ("train", "eval"):
+        ids = {i for k in keys if k.split == split for i in k.entities}
+        split_words[split] = sorted({world.entity_by_id[i].base for i in ids})
+    pieces = {}
+    for names in ("kept", "fresh"):
+        tok = tokenizer_once(tmp_path / names, examples, 700, names, tiny.root)
+        pieces[names] = {s: _name_pieces(tok, w) for s, w in split_words.items()}
+    # Kept, the train names become (nearly) whole tokens and the held-out ones do not; fresh, both
+    # are spelled in the same syllable pieces.
+    assert pieces["kept"]["train"] < 0.75 * pieces["kept"]["eval"], pieces
+    assert abs(pieces["fresh"]["train"] - pieces["fresh"]["eval"]) < 0.2 * pieces["fresh"]["eval"], pieces
+    assert pieces["fresh"]["train"] > 1.5 * pieces["kept"]["train"], pieces
+
+
+def test_tokenizer_folder_learned_another_way_is_refused(tiny, tmp_path):
+    from gsjax.data.formats import Message, SFTExample
+    from gsjax.world.assets import tokenizer_once
+
+    examples = [SFTExample((Message("user", k.prompt),), ()) for k in read_truth(tiny.truth).values()]
+    tokenizer_once(tmp_path / "tok", examples, 400, "kept", tiny.root)
+    assert tokenizer_once(tmp_path / "tok", examples, 400, "kept", tiny.root).vocab_size == 400  # reused
+    with pytest.raises(ValueError, match=r"learned with \{'vocab_size': 400, 'names': 'kept'\}.*'fresh'"):
+        tokenizer_once(tmp_path / "tok", examples, 400, "fresh", tiny.root)
+    with pytest.raises(ValueError, match="tokenizer_names must be one of"):
+        tokenizer_once(tmp_path / "other", examples, 400, "scrambled", tiny.root)

@@ -5,7 +5,8 @@ the world, the expert's SFT trajectories, the RL and held-out prompts, and a tok
     workdir/data/sft_data.json the expert's correct trajectories on the first `sft_prompts` train
                                prompts (sharegpt; the reference's format)
     workdir/data/rl_data.json  the other train prompts: GRPO's prompts, disjoint from SFT's
-    workdir/tokenizer/         a byte-level BPE learned from the SFT trajectories
+    workdir/tokenizer/         a byte-level BPE learned from the SFT trajectories (or from them with
+                               their fictional names replaced: `tokenizer_corpus`)
 
 Each piece is written atomically and reused when present, so an interrupted run picks up where it
 stopped and a rerun costs nothing.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import logging
 from pathlib import Path
 
@@ -32,8 +34,10 @@ from gsjax.data.formats import (
 )
 from gsjax.fileio import atomic_write
 from gsjax.tokenizer import Tokenizer
-from gsjax.world.build import WorldPaths, build_world
+from gsjax.world.build import WorldPaths, build_world, load_world
+from gsjax.world.entities import KINDS, World
 from gsjax.world.expert import is_correct, solve, to_sft_example
+from gsjax.world.names import NameGenerator, name_replacer
 from gsjax.world.prompts import read_truth
 
 log = logging.getLogger(__name__)
@@ -92,17 +96,50 @@ def expert_data_once(path: Path, world_dir: Path, spec: ExpertSpec, tools: Tools
     return read_sft_data(path)  # as a later run will see it (paths resolved the same way)
 
 
-def tokenizer_once(folder: Path, examples: list[SFTExample], vocab_size: int) -> Tokenizer:
-    if (folder / "tokenizer.json").is_file():
-        return Tokenizer.from_pretrained(folder)
+TOKENIZER_NAMES = ("fresh", "kept")
+_CORPUS_FILE = "corpus.json"  # how the tokenizer's corpus was made, beside tokenizer.json
+
+
+def tokenizer_corpus(examples: list[SFTExample], names: str, world: World) -> list[str]:
+    """The texts the world's BPE learns from: the SFT trajectories' messages.
+
+    names "fresh": every fictional word of `world` in them (its names, places, people; a mineral's
+    name with its suffix) becomes a new fresh word at each occurrence, so no word of the world
+    earns merges of its own. Learned from the texts as they are ("kept"), the names the
+    trajectories repeat become whole tokens ('Noujen' -> 'ĠN', 'oujen') while a held-out name is
+    spelled in syllables ('Thabraler' -> 'ĠTha', 'b', 'ral', 'er'): the policy can learn the train
+    names as symbols and never learn to copy the pieces of a name it has not seen.
+    """
+    if names not in TOKENIZER_NAMES:
+        raise ValueError(f"data.tokenizer_names must be one of {TOKENIZER_NAMES}, got {names!r}")
     texts = [m.content for ex in examples for m in ex.messages]
-    tok = Tokenizer.train_bpe(texts, vocab_size)
+    if names == "kept":
+        return texts
+    if not world.names:
+        raise ValueError("data.tokenizer_names='fresh' needs the world's list of names, and this world "
+                         "has none (built before worlds recorded it): rebuild it, or pass 'kept'")
+    attached = [s for k in KINDS if k.name_format == "{base}{suffix}" for s in k.suffixes]
+    replace = name_replacer(world.names, NameGenerator("tokenizer-corpus"), attached)
+    return [replace(t) for t in texts]
+
+
+def tokenizer_once(folder: Path, examples: list[SFTExample], vocab_size: int, names: str, world_dir: Path) -> Tokenizer:
+    recipe = {"vocab_size": vocab_size, "names": names}
+    if (folder / "tokenizer.json").is_file():
+        record = folder / _CORPUS_FILE
+        found = json.loads(record.read_text()) if record.is_file() else {"vocab_size": vocab_size, "names": "kept"}
+        if found != recipe:
+            raise ValueError(f"the tokenizer in {str(folder)!r} was learned with {found}, not {recipe}: "
+                             "use another workdir, or delete that folder to relearn it")
+        return Tokenizer.from_pretrained(folder)
+    tok = Tokenizer.train_bpe(tokenizer_corpus(examples, names, load_world(world_dir)), vocab_size)
     tok.save(folder)
+    atomic_write(folder / _CORPUS_FILE, (json.dumps(recipe) + "\n").encode())
     return Tokenizer.from_pretrained(folder)
 
 
 def prepare(workdir: Path, world: WorldSpec, expert: ExpertSpec, tools: ToolsConfig, limits: AgentLimits,
-            today: datetime.date, vocab_size: int) -> OfflineAssets:
+            today: datetime.date, vocab_size: int, tokenizer_names: str = "kept") -> OfflineAssets:
     world_dir = build_world_once(workdir / "world", world)
     tools = dataclasses.replace(tools, backend="local", world_dir=str(world_dir))
     examples = expert_data_once(workdir / "data" / "sft_data.json", world_dir, expert, tools, limits, today)
@@ -113,7 +150,7 @@ def prepare(workdir: Path, world: WorldSpec, expert: ExpertSpec, tools: ToolsCon
     if not rl_items:
         raise ValueError(f"no GRPO prompts left: the world has {world.n_train_prompts} train prompts and "
                          f"expert.sft_prompts takes {expert.sft_prompts}")
-    tokenizer = tokenizer_once(workdir / "tokenizer", examples, vocab_size)
+    tokenizer = tokenizer_once(workdir / "tokenizer", examples, vocab_size, tokenizer_names, world_dir)
     eval_items = read_knowgen(WorldPaths.at(world_dir).knowgen_eval)
     return OfflineAssets(world_dir, examples, rl_items, eval_items, tokenizer)
 

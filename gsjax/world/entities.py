@@ -263,6 +263,7 @@ class World:
     people: list[Person]
     series: list[Series]
     events: list[Event]
+    names: tuple[str, ...] = ()  # every fictional word the world's NameGenerator handed out
 
     # Indexes, filled from the lists above.
     entity_by_id: dict[str, Entity] = dataclasses.field(init=False, repr=False)
@@ -305,7 +306,8 @@ class World:
                 "places": [dataclasses.asdict(p) for p in self.places],
                 "people": [dataclasses.asdict(p) for p in self.people],
                 "series": [dataclasses.asdict(s) for s in self.series],
-                "events": [dataclasses.asdict(ev) for ev in self.events]}
+                "events": [dataclasses.asdict(ev) for ev in self.events],
+                "names": list(self.names)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "World":
@@ -313,7 +315,7 @@ class World:
                     for e in d["entities"]]
         return cls(d["seed"], entities, [Place(**p) for p in d["places"]],
                    [Person(**p) for p in d["people"]], [Series(**s) for s in d["series"]],
-                   [Event(**ev) for ev in d["events"]])
+                   [Event(**ev) for ev in d["events"]], tuple(d.get("names", ())))
 
 
 def _categories(rng: random.Random, n: int) -> list[str]:
@@ -476,4 +478,4 @@ def make_world(seed: int, n_train: int, n_eval: int, distractor_share_eval: floa
             d["described"] = False
 
     entities = [Entity(**d) for d in drafts]
-    return World(seed, entities, places, people, series, events)
+    return World(seed, entities, places, people, series, events, tuple(names.issued))

@@ -9,6 +9,8 @@ makes a near miss of a name (one vowel changed) for distractors.
 from __future__ import annotations
 
 import random
+import re
+from collections.abc import Callable, Collection
 
 from gsjax.world.vocab import ALIASES, ALL_WORDS
 
@@ -24,7 +26,36 @@ RESERVED = ALL_WORDS | frozenset(ALIASES) | frozenset({
     "tower", "island", "order", "party", "tour", "film", "game", "robot", "motto", "code", "bane",
     "dune", "done", "gone", "hole", "home", "lane", "line", "mine", "more", "nose", "note", "pole",
     "rose", "sale", "side", "time", "tone", "vote", "wine", "zone", "data", "coda", "sofa", "tuna",
+    # English words of the world's pages, prompts and tool outputs that a name could spell: an
+    # entity called 'Logo' would make 'logo' a name in the tokenizer's corpus (assets.tokenizer_corpus)
+    "capital", "care", "date", "drone", "festival", "file", "games", "have", "like", "local", "logo",
+    "logos", "make", "maker", "medal", "meta", "mineral", "model", "name", "names", "pages", "postage",
+    "probe", "probes", "promoter", "rover", "ruler", "saga", "second", "shape", "sigil", "stage",
+    "tide", "vale",
 })
+
+_WORD = re.compile(r"[A-Za-z]+")
+
+
+def name_replacer(names: Collection[str], fresh: NameGenerator,
+                  suffixes: Collection[str] = ()) -> Callable[[str], str]:
+    """A function of a text that gives each word of it that is one of `names` (compared
+    case-insensitively), or one of them with one of `suffixes` attached ('Toum' + 'ite'), a new
+    word of `fresh` at each occurrence, in the original's case (Capitalised, lower or UPPER),
+    keeping the suffix. Every other word stays as it is."""
+    known = {n.lower() for n in names}
+    tails = sorted({x.lower() for x in suffixes}, key=len, reverse=True)
+
+    def swap(m: re.Match[str]) -> str:
+        word = m.group(0)
+        low = word.lower()
+        tail = "" if low in known else next((t for t in tails if low.endswith(t) and low[: -len(t)] in known), None)
+        if tail is None:
+            return word
+        new = fresh.word() + tail
+        return new.upper() if word.isupper() else new.lower() if word.islower() else new
+
+    return lambda text: _WORD.sub(swap, text)
 
 
 class NameGenerator:
@@ -34,6 +65,7 @@ class NameGenerator:
     def __init__(self, seed: int | str):
         self._rng = random.Random(f"names/{seed}")
         self._used: set[str] = set(RESERVED)
+        self.issued: list[str] = []  # every word handed out by `word` and `variant`, in order
 
     def reserve(self, word: str) -> bool:
         """Mark `word` as taken; False when it already was."""
@@ -52,6 +84,7 @@ class NameGenerator:
             if sum(v in word for v in ("ai", "ou")) > 1:
                 continue
             if 4 <= len(word) <= 10 and self.reserve(word):
+                self.issued.append(word.capitalize())
                 return word.capitalize()
 
     def person(self) -> str:
@@ -71,5 +104,6 @@ class NameGenerator:
                     continue
                 candidate = (word[:i] + v + word[i + 1:]).capitalize()
                 if self.reserve(candidate):
+                    self.issued.append(candidate)
                     return candidate
         return None
