@@ -79,8 +79,8 @@ class RewardComputer:
             text = self.judge.judge_text(inp.sample_id, inp.question, inp.gt_path, answer, inp.images)
             if isinstance(text, str):
                 return ScoredEpisode(failed(f"text judge: {text}"), gen.path, scores)
-        # A fallback's text part is 0: there is no answer to judge
-        text_part = text.score if text is not None else 0.0 if self.settings.text_coef > 0 else None
+        # The text judge is off (text_coef 0): no text part; a fallback's is 0, there is no answer to judge
+        text_part = None if self.settings.text_coef == 0 else text.score if text is not None else 0.0
         result = scored(image_reward(scores, self.settings), text_part, self.settings)
         return ScoredEpisode(result, gen.path, scores, text)
 

@@ -35,7 +35,7 @@ from gsjax.data.formats import (
 from gsjax.fileio import atomic_write
 from gsjax.tokenizer import Tokenizer
 from gsjax.world.build import WorldPaths, build_world, load_world
-from gsjax.world.entities import KINDS, World
+from gsjax.world.entities import KINDS
 from gsjax.world.expert import is_correct, solve, to_sft_example
 from gsjax.world.names import NameGenerator, name_replacer
 from gsjax.world.prompts import read_truth
@@ -100,10 +100,10 @@ TOKENIZER_NAMES = ("fresh", "kept")
 _CORPUS_FILE = "corpus.json"  # how the tokenizer's corpus was made, beside tokenizer.json
 
 
-def tokenizer_corpus(examples: list[SFTExample], names: str, world: World) -> list[str]:
+def tokenizer_corpus(examples: list[SFTExample], names: str, world_dir: Path) -> list[str]:
     """The texts the world's BPE learns from: the SFT trajectories' messages.
 
-    names "fresh": every fictional word of `world` in them (its names, places, people; a mineral's
+    names "fresh": every fictional word of the world in `world_dir` in them (its names, places, people; a mineral's
     name with its suffix) becomes a new fresh word at each occurrence, so no word of the world
     earns merges of its own. Learned from the texts as they are ("kept"), the names the
     trajectories repeat become whole tokens ('Noujen' -> 'ĠN', 'oujen') while a held-out name is
@@ -115,6 +115,7 @@ def tokenizer_corpus(examples: list[SFTExample], names: str, world: World) -> li
     texts = [m.content for ex in examples for m in ex.messages]
     if names == "kept":
         return texts
+    world = load_world(world_dir)  # only here: "kept" needs nothing of the world
     if not world.names:
         raise ValueError("data.tokenizer_names='fresh' needs the world's list of names, and this world "
                          "has none (built before worlds recorded it): rebuild it, or pass 'kept'")
@@ -132,14 +133,14 @@ def tokenizer_once(folder: Path, examples: list[SFTExample], vocab_size: int, na
             raise ValueError(f"the tokenizer in {str(folder)!r} was learned with {found}, not {recipe}: "
                              "use another workdir, or delete that folder to relearn it")
         return Tokenizer.from_pretrained(folder)
-    tok = Tokenizer.train_bpe(tokenizer_corpus(examples, names, load_world(world_dir)), vocab_size)
+    tok = Tokenizer.train_bpe(tokenizer_corpus(examples, names, world_dir), vocab_size)
     tok.save(folder)
     atomic_write(folder / _CORPUS_FILE, (json.dumps(recipe) + "\n").encode())
     return Tokenizer.from_pretrained(folder)
 
 
 def prepare(workdir: Path, world: WorldSpec, expert: ExpertSpec, tools: ToolsConfig, limits: AgentLimits,
-            today: datetime.date, vocab_size: int, tokenizer_names: str = "kept") -> OfflineAssets:
+            today: datetime.date, vocab_size: int, tokenizer_names: str) -> OfflineAssets:
     world_dir = build_world_once(workdir / "world", world)
     tools = dataclasses.replace(tools, backend="local", world_dir=str(world_dir))
     examples = expert_data_once(workdir / "data" / "sft_data.json", world_dir, expert, tools, limits, today)

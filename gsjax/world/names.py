@@ -84,8 +84,8 @@ class NameGenerator:
             if sum(v in word for v in ("ai", "ou")) > 1:
                 continue
             if 4 <= len(word) <= 10 and self.reserve(word):
-                self.issued.append(word.capitalize())
-                return word.capitalize()
+                self.issued.append(word := word.capitalize())
+                return word
 
     def person(self) -> str:
         """'First Last', both words fresh."""
