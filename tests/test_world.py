@@ -550,3 +550,16 @@ def test_tokenizer_folder_learned_another_way_is_refused(tiny, tmp_path):
         tokenizer_once(tmp_path / "tok", examples, 400, "fresh", tiny.root)
     with pytest.raises(ValueError, match="tokenizer_names must be one of"):
         tokenizer_once(tmp_path / "other", examples, 400, "scrambled", tiny.root)
+
+
+def test_fresh_tokenizer_names_need_a_world_that_recorded_its_names(tiny, tmp_path):
+    from gsjax.data.formats import Message, SFTExample
+    from gsjax.world.assets import tokenizer_corpus
+
+    old = json.loads(tiny.world.read_text())
+    del old["names"]  # a world built before worlds recorded their names
+    (tmp_path / "world.json").write_text(json.dumps(old))
+    examples = [SFTExample((Message("user", "a prompt"),), ())]
+    assert tokenizer_corpus(examples, "kept", tmp_path) == ["a prompt"]
+    with pytest.raises(ValueError, match="has none .*rebuild it, or pass 'kept'"):
+        tokenizer_corpus(examples, "fresh", tmp_path)
