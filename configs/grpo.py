@@ -37,6 +37,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     # whole tokens); "fresh" with each fictional name replaced by a new one, so train and held-out
     # names split alike into syllables (measured worse: docs/training.md). world/assets.py:tokenizer_corpus.
     c.data.tokenizer_names = "kept"
+    # Its pre-tokenizer: "qwen" (Qwen's split) or "capitalised" (a capitalised word never takes the
+    # space or quote before it, so a name is the same tokens wherever it is written: gsjax/tokenizer.py).
+    c.data.tokenizer_split = "qwen"
     c.data.sft_data = ""  # sft_data.json (sharegpt)
     c.data.rl_data = ""  # rl_data.json
     c.data.eval_data = ""  # a KnowGen-format benchmark file (held-out prompts)

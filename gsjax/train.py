@@ -92,7 +92,8 @@ def load_data(cfg: ml_collections.ConfigDict, workdir: Path, tools: ToolsConfig,
 
         def assets():
             return prepare(workdir, WorldSpec(**cfg.data.world_size), ExpertSpec(**cfg.data.expert), tools, limits,
-                           today, cfg.model.tiny.vocab_size, cfg.data.tokenizer_names)
+                           today, cfg.model.tiny.vocab_size, cfg.data.tokenizer_names,
+                           cfg.data.tokenizer_split)
 
         if is_primary():
             assets()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gsjax.tokenizer import CONTROL_TOKENS, EMPTY_THINK, QWEN_SPLIT_PATTERN, Tokenizer
+from gsjax.tokenizer import CONTROL_TOKENS, EMPTY_THINK, QWEN_SPLIT_PATTERN, SPLITS, Tokenizer
 
 CORPUS = [
     "You are a research assistant. Search the web, then answer.\n\n",
@@ -80,6 +80,48 @@ def test_train_bpe_is_deterministic_and_checks_vocab_size() -> None:
     assert small.vocab_size < 1000  # a tiny corpus cannot fill the requested size
     with pytest.raises(ValueError, match="at least 268"):
         Tokenizer.train_bpe(CORPUS, vocab_size=100)
+
+
+NAME_CORPUS = [
+    "Design a billboard that features the emblem of the Begodrath Voyager.",
+    '<tool_call>{"name": "search", "arguments": {"queries": ["Begodrath Voyager"]}}</tool_call>',
+    "[Begodrath Voyager](world:///page/begodrath-voyager) Begodrath Voyager is a space probe.",
+    "The mission patch of the Thabraler Athletic is a teal shield with the word Athletic on it.",
+] * 30
+
+
+def _name_tokens(tok: Tokenizer, text: str, name: str) -> list[str]:
+    """The tokens of `text` that cover `name` (its first occurrence), without a leading space."""
+    enc = tok.backend.encode(text, add_special_tokens=False)
+    start = text.index(name)
+    covering = [t for t, (a, b) in zip(enc.tokens, enc.offsets) if b > start and a < start + len(name)]
+    return [t.removeprefix("Ġ") for t in covering if t != "Ġ"]
+
+
+@pytest.mark.parametrize("name", ["Begodrath", "Thabraler", "Qorvimund"])  # in the corpus, and not
+def test_capitalised_split_writes_a_name_the_same_after_a_space_a_quote_or_a_bracket(name: str) -> None:
+    contexts = [f"the {name} Voyager", f'["{name} Voyager"]', f"[{name} Voyager](", f"\n{name} Voyager"]
+    capitalised = Tokenizer.train_bpe(NAME_CORPUS, vocab_size=420, split="capitalised")
+    qwen = Tokenizer.train_bpe(NAME_CORPUS, vocab_size=420)
+    assert len({tuple(_name_tokens(capitalised, c, name)) for c in contexts}) == 1
+    if name in NAME_CORPUS[0] + NAME_CORPUS[3]:  # a name with merges of its own: what the split is for
+        assert len({tuple(_name_tokens(qwen, c, name)) for c in contexts}) > 1
+    for text in contexts + ["Ünïcödé — 日本語 🙂 ORDER OF KUGRUBRIS, it's 12345.\n\n  x"]:
+        assert capitalised.decode(capitalised.encode(text)) == text
+    lower = "a teal shield with the word on it"  # lower-case words keep their space, as in Qwen's
+    assert capitalised.backend.encode(lower).tokens == qwen.backend.encode(lower).tokens
+
+
+def test_the_split_is_saved_with_the_tokenizer_and_checked(tmp_path: Path) -> None:
+    tok = Tokenizer.train_bpe(NAME_CORPUS, vocab_size=420, split="capitalised")
+    tok.save(tmp_path)
+    loaded = Tokenizer.from_pretrained(tmp_path)
+    text = '["Begodrath Voyager"] of the Begodrath'
+    assert loaded.encode(text) == tok.encode(text)
+    assert loaded.backend.encode(text).tokens[:4] == ['["', "Begodrath", "Ġ", "Voyager"]
+    assert set(SPLITS) == {"qwen", "capitalised"}
+    with pytest.raises(ValueError, match=r"split must be one of \['capitalised', 'qwen'\], got 'words'"):
+        Tokenizer.train_bpe(NAME_CORPUS, vocab_size=420, split="words")
 
 
 def test_answer_tags_are_ordinary_text(tok: Tokenizer) -> None:

@@ -343,9 +343,10 @@ def test_text_prompts_carry_the_text_in_the_truth_file(world, truth):
         assert "written under it" in key.prompt
         if key.text_source == "motto":
             assert key.text == e.text and key.text not in key.prompt
-        else:
+            assert f'"{key.text}"' in key.gen_prompt
+        else:  # the expert quotes the name as the pages write it (drawn in capitals, judged without case)
             assert key.text == e.name.upper()
-        assert key.text in key.gen_prompt
+            assert f'the text "{e.name}" in capital letters' in key.gen_prompt
     assert all(k.text_source is None for k in truth.values() if not k.text)
 
 
@@ -530,7 +531,7 @@ def test_fresh_tokenizer_names_split_train_and_held_out_names_alike(tiny, world,
         split_words[split] = sorted({world.entity_by_id[i].base for i in ids})
     pieces = {}
     for names in ("kept", "fresh"):
-        tok = tokenizer_once(tmp_path / names, examples, 700, names, tiny.root)
+        tok = tokenizer_once(tmp_path / names, examples, 700, names, tiny.root, "qwen")
         pieces[names] = {s: _name_pieces(tok, w) for s, w in split_words.items()}
     # Kept, the train names become (nearly) whole tokens and the held-out ones do not; fresh, both
     # are spelled in the same syllable pieces.
@@ -544,12 +545,19 @@ def test_tokenizer_folder_learned_another_way_is_refused(tiny, tmp_path):
     from gsjax.world.assets import tokenizer_once
 
     examples = [SFTExample((Message("user", k.prompt),), ()) for k in read_truth(tiny.truth).values()]
-    tokenizer_once(tmp_path / "tok", examples, 400, "kept", tiny.root)
-    assert tokenizer_once(tmp_path / "tok", examples, 400, "kept", tiny.root).vocab_size == 400  # reused
-    with pytest.raises(ValueError, match=r"learned with \{'vocab_size': 400, 'names': 'kept'\}.*'fresh'"):
-        tokenizer_once(tmp_path / "tok", examples, 400, "fresh", tiny.root)
+    tokenizer_once(tmp_path / "tok", examples, 400, "kept", tiny.root, "qwen")
+    assert tokenizer_once(tmp_path / "tok", examples, 400, "kept", tiny.root, "qwen").vocab_size == 400  # reused
+    learned = r"learned with \{'vocab_size': 400, 'names': 'kept', 'split': 'qwen'\}"
+    with pytest.raises(ValueError, match=learned + ".*'fresh'"):
+        tokenizer_once(tmp_path / "tok", examples, 400, "fresh", tiny.root, "qwen")
+    with pytest.raises(ValueError, match=learned + ".*'capitalised'"):
+        tokenizer_once(tmp_path / "tok", examples, 400, "kept", tiny.root, "capitalised")
+    (tmp_path / "tok" / "corpus.json").write_text('{"vocab_size": 400, "names": "kept"}\n')  # before splits
+    assert tokenizer_once(tmp_path / "tok", examples, 400, "kept", tiny.root, "qwen").vocab_size == 400
     with pytest.raises(ValueError, match="tokenizer_names must be one of"):
-        tokenizer_once(tmp_path / "other", examples, 400, "scrambled", tiny.root)
+        tokenizer_once(tmp_path / "other", examples, 400, "scrambled", tiny.root, "qwen")
+    with pytest.raises(ValueError, match=r"tokenizer_split must be one of \['capitalised', 'qwen'\], got 'words'"):
+        tokenizer_once(tmp_path / "other", examples, 400, "kept", tiny.root, "words")
 
 
 def test_fresh_tokenizer_names_need_a_world_that_recorded_its_names(tiny, tmp_path):

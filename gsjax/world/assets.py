@@ -33,7 +33,7 @@ from gsjax.data.formats import (
     write_sft_data,
 )
 from gsjax.fileio import atomic_write
-from gsjax.tokenizer import Tokenizer
+from gsjax.tokenizer import SPLITS, Tokenizer
 from gsjax.world.build import WorldPaths, build_world, load_world
 from gsjax.world.entities import KINDS
 from gsjax.world.expert import is_correct, solve, to_sft_example
@@ -124,23 +124,28 @@ def tokenizer_corpus(examples: list[SFTExample], names: str, world_dir: Path) ->
     return [replace(t) for t in texts]
 
 
-def tokenizer_once(folder: Path, examples: list[SFTExample], vocab_size: int, names: str, world_dir: Path) -> Tokenizer:
-    recipe = {"vocab_size": vocab_size, "names": names}
+def tokenizer_once(folder: Path, examples: list[SFTExample], vocab_size: int, names: str, world_dir: Path,
+                   split: str) -> Tokenizer:
+    if split not in SPLITS:
+        raise ValueError(f"data.tokenizer_split must be one of {sorted(SPLITS)}, got {split!r}")
+    recipe = {"vocab_size": vocab_size, "names": names, "split": split}
     if (folder / "tokenizer.json").is_file():
         record = folder / _CORPUS_FILE
-        found = json.loads(record.read_text()) if record.is_file() else {"vocab_size": vocab_size, "names": "kept"}
+        # Folders from before a recipe was recorded (or before its split was) used the defaults of then.
+        found = {"vocab_size": vocab_size, "names": "kept", "split": "qwen",
+                 **(json.loads(record.read_text()) if record.is_file() else {})}
         if found != recipe:
             raise ValueError(f"the tokenizer in {str(folder)!r} was learned with {found}, not {recipe}: "
                              "use another workdir, or delete that folder to relearn it")
         return Tokenizer.from_pretrained(folder)
-    tok = Tokenizer.train_bpe(tokenizer_corpus(examples, names, world_dir), vocab_size)
+    tok = Tokenizer.train_bpe(tokenizer_corpus(examples, names, world_dir), vocab_size, split)
     tok.save(folder)
     atomic_write(folder / _CORPUS_FILE, (json.dumps(recipe) + "\n").encode())
     return Tokenizer.from_pretrained(folder)
 
 
 def prepare(workdir: Path, world: WorldSpec, expert: ExpertSpec, tools: ToolsConfig, limits: AgentLimits,
-            today: datetime.date, vocab_size: int, tokenizer_names: str) -> OfflineAssets:
+            today: datetime.date, vocab_size: int, tokenizer_names: str, tokenizer_split: str) -> OfflineAssets:
     world_dir = build_world_once(workdir / "world", world)
     tools = dataclasses.replace(tools, backend="local", world_dir=str(world_dir))
     examples = expert_data_once(workdir / "data" / "sft_data.json", world_dir, expert, tools, limits, today)
@@ -151,7 +156,8 @@ def prepare(workdir: Path, world: WorldSpec, expert: ExpertSpec, tools: ToolsCon
     if not rl_items:
         raise ValueError(f"no GRPO prompts left: the world has {world.n_train_prompts} train prompts and "
                          f"expert.sft_prompts takes {expert.sft_prompts}")
-    tokenizer = tokenizer_once(workdir / "tokenizer", examples, vocab_size, tokenizer_names, world_dir)
+    tokenizer = tokenizer_once(workdir / "tokenizer", examples, vocab_size, tokenizer_names, world_dir,
+                               tokenizer_split)
     eval_items = read_knowgen(WorldPaths.at(world_dir).knowgen_eval)
     return OfflineAssets(world_dir, examples, rl_items, eval_items, tokenizer)
 

@@ -244,7 +244,9 @@ def _single(world: World, item_id: str, split: str, e: Entity, rng: random.Rando
     gen = (f"{_cap(SCENES[scene])} showing the {k.look} of {e.ref} (the first reference image): "
            f"{e.signature.describe()}.")
     if text:
-        gen += f" Under it, the text \"{text}\" in capital letters."
+        # The name as the pages write it: the generator draws the text in capitals and the judges
+        # compare without case, so the expert copies the words instead of spelling them in capitals.
+        gen += f" Under it, the text \"{e.name if source == 'name' else text}\" in capital letters."
     return AnswerKey(item_id, split, _cap(prompt), e.category, EASY, (e.id,), (e.name,),
                      (e.signature,), scene, text, source, tuple(hops), tuple(steps),
                      (e.image_paths,), gen, f"gt/{item_id}.png")
