@@ -84,6 +84,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.sft = ml_collections.ConfigDict(dict(
         steps=1000, lr=3e-3, warmup_frac=0.05, weight_decay=1e-6, clip_norm=1.0, row_len=1024, rows_per_batch=2,
         micro_batch_tokens=0, vocab_chunk=0, checkpoint_every=100, keep_checkpoints=2,
+        # The loss weight of the tokens the policy reads (system, prompt, tool responses): 0 trains on
+        # its own turns only, as the reference does; > 0 also on what the tools returned (gsjax/sft/data.py).
+        context_weight=0.0,
         train_vision=False))  # a Qwen3-VL policy's tower and mergers stay frozen in SFT, as the reference's
 
     c.rl = ml_collections.ConfigDict(dict(

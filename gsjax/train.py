@@ -203,7 +203,8 @@ def sft_phase(cfg: ml_collections.ConfigDict, workdir: Path, policy: Policy, exa
         return policy
     if not examples:
         raise ValueError("sft.steps > 0 but there are no SFT examples (data.sft_data)")
-    encoded = [encode(policy.tokenizer, ex, s.row_len + 1, **sft_images(policy)) for ex in examples]
+    encoded = [encode(policy.tokenizer, ex, s.row_len + 1, context_weight=s.context_weight, **sft_images(policy))
+               for ex in examples]
     kept = [e for e in encoded if len(e.ids) <= s.row_len]  # a cut trajectory would lose its answer
     if not kept:
         raise ValueError(f"every SFT example is longer than sft.row_len={s.row_len} tokens")

@@ -57,6 +57,23 @@ def test_loss_mask_covers_exactly_the_assistant_turns(data):
     assert trained == "".join(a + "<|im_end|>\n" for a in assistant)
 
 
+def test_context_weight_trains_on_what_the_policy_reads_except_images(data):
+    tok, examples = data
+    example = next(e for e in examples if "<image>" in "".join(m.content for m in e.messages))
+    own = encode(tok, example, max_len=10_000)
+    both = encode(tok, example, max_len=10_000, context_weight=0.25)
+    assert both.ids == own.ids
+    image_ids = {tok.token_to_id(t) for t in ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>")}
+    assert image_ids & set(own.ids)
+    for i, m, w in zip(own.ids, own.mask, both.mask):
+        assert w == (1.0 if m else 0.0 if i in image_ids else 0.25), (tok.decode([i]), m, w)
+    read = tok.decode([t for t, m, w in zip(own.ids, own.mask, both.mask) if w == 0.25])
+    assert example.messages[1].content in read  # the prompt, and the tools' results
+    assert next(m.content for m in example.messages if m.role == "user" and "tool_response" in m.content
+                ).replace("<image>", "") in read
+    assert encode(tok, example, max_len=10_000, context_weight=0.0).mask == own.mask
+
+
 def test_sft_loss_falls_on_expert_trajectories(data):
     tok, examples = data
     encoded = [encode(tok, e, max_len=1024) for e in examples]

@@ -49,7 +49,7 @@ class SFTImages:
 @dataclasses.dataclass(frozen=True)
 class Encoded:
     ids: list[int]
-    mask: list[int]
+    mask: list[float]  # loss weight per token
     pixel_values: np.ndarray | None = None  # [patches, patch_dim]: the kept images' pixel rows
     image_grids: np.ndarray | None = None  # [n, 3] their patch grids, in token order
 
@@ -61,9 +61,22 @@ def _image_runs(ids: Sequence[int], pad: int) -> list[tuple[int, int]]:
     return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
 
 
+def weigh_context(tok: Tokenizer, ids: Sequence[int], mask: Sequence[int], weight: float) -> list[float]:
+    """The loss mask with every token the policy does not write (system, user, tool responses) at
+    `weight` instead of 0, except the images' tokens (vision start / pads / end: nothing to learn).
+    Assistant tokens stay at 1."""
+    if not weight:
+        return [float(m) for m in mask]
+    skip = {tok.token_to_id(t) for t in ("<|vision_start|>", IMAGE_PAD, "<|vision_end|>")}
+    return [1.0 if m else 0.0 if i in skip else float(weight) for i, m in zip(ids, mask)]
+
+
 def encode(tok: Tokenizer, example: SFTExample, max_len: int, image_pad_tokens: int = 1,
-           images: ImageProcessor | None = None, merge_size: int = 2) -> Encoded:
+           images: ImageProcessor | None = None, merge_size: int = 2, context_weight: float = 0.0) -> Encoded:
     """Render one example; longer than `max_len` is cut at `max_len` (the reference's cutoff).
+
+    `context_weight` > 0 also trains on the tokens the policy reads (`weigh_context`); the
+    reference trains on assistant tokens only (0).
 
     With `images`, the example's image files go through it, the i-th `<image>` takes
     `image_token_count(grid_i, merge_size)` pad tokens (merge_size: the tower's
@@ -73,7 +86,8 @@ def encode(tok: Tokenizer, example: SFTExample, max_len: int, image_pad_tokens: 
     messages = [{"role": m.role, "content": m.content} for m in example.messages]
     if images is None or not example.images:
         chat = tok.render_chat(messages, add_generation_prompt=False, image_pad_tokens=image_pad_tokens)
-        return Encoded(chat.ids[:max_len], chat.loss_mask[:max_len])
+        return Encoded(chat.ids[:max_len], weigh_context(tok, chat.ids[:max_len], chat.loss_mask[:max_len],
+                                                         context_weight))
     pixel_values, grids = images(example.images)
     grids = np.asarray(grids, np.int64).reshape(-1, 3)
     if len(grids) != len(example.images):
@@ -91,10 +105,11 @@ def encode(tok: Tokenizer, example: SFTExample, max_len: int, image_pad_tokens: 
             cut = min(cut, start - 1)
             break
         kept += 1
+    mask = weigh_context(tok, chat.ids[:cut], chat.loss_mask[:cut], context_weight)
     if kept == 0:
-        return Encoded(chat.ids[:cut], chat.loss_mask[:cut])
+        return Encoded(chat.ids[:cut], mask)
     patches = int(np.prod(grids[:kept], axis=1).sum())
-    return Encoded(chat.ids[:cut], chat.loss_mask[:cut], np.asarray(pixel_values[:patches], np.float32), grids[:kept])
+    return Encoded(chat.ids[:cut], mask, np.asarray(pixel_values[:patches], np.float32), grids[:kept])
 
 
 @dataclasses.dataclass(frozen=True)
