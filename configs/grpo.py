@@ -38,7 +38,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     # names split alike into syllables (measured worse: docs/training.md). world/assets.py:tokenizer_corpus.
     c.data.tokenizer_names = "kept"
     # Its pre-tokenizer: "qwen" (Qwen's split) or "capitalised" (a capitalised word never takes the
-    # space or quote before it, so a name is the same tokens wherever it is written: gsjax/tokenizer.py).
+    # space or quote before it, so a name is the same tokens wherever it is written: gsjax/tokenizer.py;
+    # measured in docs/training.md: names copied better, held-out reward not higher yet).
     c.data.tokenizer_split = "qwen"
     c.data.sft_data = ""  # sft_data.json (sharegpt)
     c.data.rl_data = ""  # rl_data.json
@@ -85,7 +86,8 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         steps=1000, lr=3e-3, warmup_frac=0.05, weight_decay=1e-6, clip_norm=1.0, row_len=1024, rows_per_batch=2,
         micro_batch_tokens=0, vocab_chunk=0, checkpoint_every=100, keep_checkpoints=2,
         # The loss weight of the tokens the policy reads (system, prompt, tool responses): 0 trains on
-        # its own turns only, as the reference does; > 0 also on what the tools returned (gsjax/sft/data.py).
+        # its own turns only, as the reference does; > 0 also on what the tools returned (gsjax/sft/data.py;
+        # measured in docs/training.md).
         context_weight=0.0,
         train_vision=False))  # a Qwen3-VL policy's tower and mergers stay frozen in SFT, as the reference's
 
