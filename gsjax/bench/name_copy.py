@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Probe:
     ids: list[int]
@@ -92,10 +91,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="eval: held-out entities (default); train: the SFT prompts' own, for memorisation")
     args = ap.parse_args(argv)
 
-    import datetime
-
     from gsjax.agent.policy import load_policy
-    from gsjax.agent.protocol import AgentLimits
+    from gsjax.agent.protocol import AgentLimits, prompt_date
     from gsjax.agent.tools import ToolsConfig, build_toolbox
     from gsjax.world.expert import is_correct, solve_split
 
@@ -104,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     world = run / "world"
     tools = ToolsConfig.from_dict({**config["tools"], "backend": "local", "world_dir": str(world),
                                    "image_dir": str(run / "tool_images")})
-    today = datetime.date.fromisoformat(config["agent"]["today"] or datetime.date.today().isoformat())
+    today = prompt_date(config["agent"]["today"])
     with build_toolbox(tools) as toolbox:
         solved = [r for r in solve_split(world, args.split, toolbox, today, limit=args.prompts, progress=False,
                                          limits=AgentLimits(**config["agent"]["limits"]), top_k=1, image_top_k=1)
