@@ -241,7 +241,10 @@ def test_eval_policy_agent_on_eight_devices_equals_one_device(world):
     one = _eval(world, world[0] / "eval1", 1, {"data": 1})
     eight = _eval(world, world[0] / "eval8", 8, {"data": 1, "fsdp": 8})
     key = lambda r: r["id"]  # noqa: E731
-    assert len(one) == 4 and sum(r["tool_calls"] for r in one) > 0
+    # The tiny test policy's calls are often malformed (a parse error is a tool response too); a
+    # valid call on these 4 prompts depends on the machine's float rounding (none on CI's once).
+    tool_turns = sum("<tool_response>" in str(m["content"]) for r in one for m in r["messages"])
+    assert len(one) == 4 and tool_turns > 0
     for a, b in zip(sorted(one, key=key), sorted(eight, key=key)):
         for field in ("termination", "tool_calls", "answer", "messages", "shown", "scores"):
             assert b.get(field) == a.get(field), (a["id"], field)
