@@ -59,6 +59,7 @@ def test_a_mid_size_config_fits_a_v5p_8_with_a_sharded_cache_and_no_vocab_sized_
     assert "resident during a GRPO step" in proc.stdout
 
 
+@pytest.mark.slow
 def test_flops_count_every_layer_of_a_scanned_model(tmp_path):
     """XLA's cost analysis counts a scanned loop's body once; the planner's FLOPs grow by the same
     amount with each layer (the update of 1, 2 and 4 scanned layers: f4 - f2 == 2 (f2 - f1))."""
