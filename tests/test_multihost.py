@@ -6,8 +6,10 @@ started by launch/gpu_hosts.sh in its localhost mode):
   compared with 1 device in tests/test_mesh.py and by the gsjax.train runs below);
 - `python -m gsjax.train` on the offline world, its tools served over HTTP by a loopback world
   server: 2 processes x 4 devices give the same per-step SFT loss, GRPO reward and loss and held-out
-  summary as 1 x 8 and 1 x 1, make each tool call once (the server's request counts are equal),
-  and write one metrics file; a SIGKILL of one process, then a rerun, resumes exactly.
+  summary as 1 x 1, make each tool call once (the server's request counts are equal), and write
+  one metrics file; a SIGKILL of one process, then a rerun, resumes exactly. (One process on 8
+  devices is compared with one device by tests/test_mesh.py for the learner and by the eval test
+  below for the sampler; a third gsjax.train run for it here cost the suite about 100 s.)
 """
 
 from __future__ import annotations
@@ -164,17 +166,15 @@ def _same_steps(a: list[dict], b: list[dict]) -> None:
 def test_training_on_two_processes_equals_one_process_and_calls_each_tool_once(world):
     base = world[0]
     one, one_summary, one_hits = _run(base / "one", world, 1, 1, {"data": 1})
-    eight, eight_summary, eight_hits = _run(base / "eight", world, 8, 1, {"data": 1, "fsdp": 8})
     two, two_summary, two_hits = _run(base / "two", world, 4, 2, {"data": 1, "fsdp": 8})
     assert [r["step"] for r in one if r["phase"] == "sft"] == [1, 2]
     assert len({r["loss"] for r in one if r["phase"] == "sft"}) > 1
     assert one_hits > 0  # the policy did call the tools
-    assert eight_hits == one_hits and two_hits == one_hits  # each call once, on the process that made it
-    for other, summary in ((eight, eight_summary), (two, two_summary)):
-        _same_steps(one, other)  # one record per step: a single writer
-        for name, m in one_summary["heldout"].items():
-            for key in ("reward", "traj_tokens", "tool_calls"):
-                assert summary["heldout"][name][key] == pytest.approx(m[key], abs=1e-5), (name, key)
+    assert two_hits == one_hits  # each call once, on the process that made it
+    _same_steps(one, two)  # one record per step: a single writer
+    for name, m in one_summary["heldout"].items():
+        for key in ("reward", "traj_tokens", "tool_calls"):
+            assert two_summary["heldout"][name][key] == pytest.approx(m[key], abs=1e-5), (name, key)
     assert not list((base / "two").glob("metrics.jsonl.*"))
     assert len(list((base / "two" / "tensorboard").glob("events.out.tfevents.*"))) == 1
 
