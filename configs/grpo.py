@@ -60,6 +60,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.model.tiny = ml_collections.ConfigDict(dict(
         vocab_size=2048, hidden_size=128, intermediate_size=512, num_layers=2, num_heads=4, num_kv_heads=2,
         head_dim=32, tie_embeddings=True, rope_theta=10_000.0))
+    # "random": as built; "copy_heads": a previous-token head and two induction heads set by hand, the
+    # copying a pretrained LM starts with (gsjax/models/copy_heads.py; measured in docs/training.md).
+    c.model.tiny_init = "random"
     # With `enabled`, the tiny policy is a Qwen3-VL: this vision tower in front of the decoder above,
     # so it sees the tools' images as pixels (96x96 world photos: 144 patches, 36 image tokens each).
     # Off, it is text-only and sees one placeholder per image. `configs/grpo.py:image_only` compares both.

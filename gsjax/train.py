@@ -52,6 +52,7 @@ from gsjax.checkpoint import Checkpointer
 from gsjax.data.formats import SFTExample, read_knowgen, read_rl_data, read_sft_data
 from gsjax.fileio import atomic_write
 from gsjax.agent.vision import PolicyImages
+from gsjax.models.copy_heads import CopyHeads, set_copy_heads
 from gsjax.models.hf_io import RUN_FIELDS, with_run
 from gsjax.models.interface import VisionLM
 from gsjax.models.qwen3 import Qwen3, Qwen3Config
@@ -138,7 +139,7 @@ def tiny_model(cfg: ml_collections.ConfigDict, tok: Tokenizer) -> Qwen3 | Qwen3V
     text = Qwen3Config(**{**cfg.model.tiny.to_dict(), "vocab_size": tok.vocab_size})
     vision = cfg.model.tiny_vision
     if not vision.enabled:
-        return Qwen3(with_run(text, **run_settings(cfg)), rngs=nnx.Rngs(cfg.seed))
+        return initialise(Qwen3(with_run(text, **run_settings(cfg)), rngs=nnx.Rngs(cfg.seed)), cfg)
     sizes = {k: v for k, v in vision.to_dict().items() if k not in ("enabled", "mrope_section")}
     half = text.head_dim // 2
     section = tuple(vision.mrope_section) or (half - 2 * (half * 5 // 16), half * 5 // 16, half * 5 // 16)
@@ -152,7 +153,18 @@ def tiny_model(cfg: ml_collections.ConfigDict, tok: Tokenizer) -> Qwen3 | Qwen3V
         raise ValueError(f"model.tiny_vision: the tokenizer has no token for {missing}")
     # gsjax shows no videos: an id past the vocabulary, which no sequence holds (config.json needs one)
     vl = Qwen3VLConfig(text, tower, **ids, video_token_id=tok.vocab_size)
-    return Qwen3VL(with_run(vl, **run_settings(cfg)), rngs=nnx.Rngs(cfg.seed))
+    return initialise(Qwen3VL(with_run(vl, **run_settings(cfg)), rngs=nnx.Rngs(cfg.seed)), cfg)
+
+
+def initialise(model, cfg: ml_collections.ConfigDict):
+    """`model.tiny_init`: "random" keeps the model as built; "copy_heads" starts it with a
+    previous-token head and two induction heads (gsjax/models/copy_heads.py)."""
+    how = cfg.model.tiny_init
+    if how == "copy_heads":
+        set_copy_heads(model, CopyHeads(seed=cfg.seed))
+    elif how != "random":
+        raise ValueError(f"model.tiny_init={how!r}: expected 'random' or 'copy_heads'")
+    return model
 
 
 def _finished(cfg: ml_collections.ConfigDict, out: Path, phase: str, mesh) -> Policy | None:

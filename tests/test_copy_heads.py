@@ -1,0 +1,84 @@
+"""The copy-heads initialisation: a fresh tiny Qwen3 that already copies repeated spans."""
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from gsjax.bench.copy_init import copy_probability, main as bench_main, repeated_spans
+from gsjax.models.copy_heads import FAST_PAIRS, CopyHeads, copy_head_weights, offset_key, set_copy_heads
+from gsjax.models.qwen3 import Qwen3, rope, tiny_config
+from gsjax.train import initialise
+
+SHAPE = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=2,
+             head_dim=32, rope_theta=1e6)
+
+
+def test_a_fresh_model_with_copy_heads_copies_repeated_spans():
+    ids, mask = repeated_spans(np.random.default_rng(0), 4, 192, 512, 40, spans=(4, 16))
+    plain = Qwen3(tiny_config(**SHAPE), rngs=nnx.Rngs(0))
+    primed = Qwen3(tiny_config(**SHAPE), rngs=nnx.Rngs(0))
+    set_copy_heads(primed)
+    before, after = copy_probability(plain, ids, mask), copy_probability(primed, ids, mask)
+    assert before < 0.01  # 1 / vocabulary: nothing copied
+    assert after > 0.4, after
+
+
+def test_the_previous_token_key_peaks_one_position_back_under_the_models_rope():
+    theta, d = 1e6, 32
+    q, k = np.zeros(d, np.float32), np.zeros(d, np.float32)
+    for pair in FAST_PAIRS:
+        q[pair] = 1.0
+        k[pair], k[pair + d // 2] = offset_key(theta, d, pair, 1)
+    t = 300
+    positions = np.arange(t + 1)[None]  # the key at every position up to the query's
+    keys = np.asarray(rope(jnp.broadcast_to(jnp.asarray(k), (1, t + 1, 1, d)), positions, theta))[0, :, 0]
+    query = np.asarray(rope(jnp.asarray(q)[None, None, None], np.array([[t]]), theta))[0, 0, 0]
+    scores = keys @ query  # scores[j]: the key j positions from the start
+    assert int(np.argmax(scores)) == t - 1
+    assert scores[t - 1] - max(scores[t], scores[t - 2]) > 0.5
+
+
+def test_only_the_circuit_and_the_zeroed_branches_change():
+    model = Qwen3(tiny_config(**SHAPE), rngs=nnx.Rngs(0))
+    before = np.asarray(model.layers[1].self_attn.q_proj.get_value()).copy()
+    set_copy_heads(model, CopyHeads(seed=3))
+    after = np.asarray(model.layers[1].self_attn.q_proj.get_value())
+    # layer 1's query heads 1 and 3 are not induction heads: they keep their built values
+    np.testing.assert_array_equal(after[:, 1], before[:, 1])
+    np.testing.assert_array_equal(after[:, 3], before[:, 3])
+    assert not np.array_equal(after[:, 0], before[:, 0])
+    assert not np.asarray(model.layers[0].mlp.down_proj.get_value()).any()
+    emb = np.asarray(model.embed.get_value())
+    n = SHAPE["hidden_size"] - SHAPE["head_dim"] - 1
+    np.testing.assert_array_equal(emb[:, n], 1.0)  # the constant dim
+    assert not emb[:, n + 1:].any()  # the previous-token dims start empty
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(num_layers=1), "at least 2 layers"),
+    (dict(num_kv_heads=1, num_heads=2), "2 key-value heads"),
+    (dict(hidden_size=64), "hidden_size >= 2 \\* head_dim"),
+])
+def test_shapes_the_circuit_cannot_fit_are_refused(change, message):
+    cfg = tiny_config(**{**SHAPE, **change})
+    init = {"embed": np.zeros((cfg.vocab_size, cfg.hidden_size))}
+    with pytest.raises(ValueError, match=message):
+        copy_head_weights(cfg, init, CopyHeads())
+
+
+def test_train_names_the_setting_it_does_not_know():
+    cfg = ml_collections.ConfigDict(dict(seed=0, model=dict(tiny_init="pretrained")))
+    with pytest.raises(ValueError, match="model.tiny_init='pretrained': expected 'random' or 'copy_heads'"):
+        initialise(Qwen3(tiny_config(**SHAPE), rngs=nnx.Rngs(0)), cfg)
+
+
+def test_the_bench_prints_both_inits_side_by_side(capsys):
+    bench_main(["--steps", "2", "--every", "1", "--rows", "2", "--length", "64"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["step", "random", "copy_heads"]
+    rows = [line.split() for line in lines[2:]]
+    assert [r[0] for r in rows] == ["0", "1", "2"]
+    random0, copy0 = float(rows[0][1]), float(rows[0][2])
+    assert random0 < 0.01 < 0.3 < copy0
