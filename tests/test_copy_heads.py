@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gsjax.bench.copy_init import copy_probability, main as bench_main, repeated_spans
+from gsjax.bench.copy_init import SHAPE as BENCH_SHAPE, copy_probability, main as bench_main, repeated_spans
 from gsjax.models.copy_heads import FAST_PAIRS, CopyHeads, copy_head_weights, offset_key, set_copy_heads
 from gsjax.models.qwen3 import Qwen3, rope, tiny_config
 from gsjax.train import initialise
 
-SHAPE = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=2,
-             head_dim=32, rope_theta=1e6)
+SHAPE = {**BENCH_SHAPE, "vocab_size": 512, "rope_theta": 1e6}
 
 
 def test_a_fresh_model_with_copy_heads_copies_repeated_spans():

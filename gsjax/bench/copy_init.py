@@ -15,13 +15,13 @@ import argparse
 
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from gsjax.models.copy_heads import set_copy_heads
 from gsjax.models.interface import ModelInput
 from gsjax.models.losses import token_logprobs
 from gsjax.models.qwen3 import Qwen3, tiny_config
+from gsjax.sft.trainer import SFTConfig, optimizer
 
 SHAPE = dict(vocab_size=2048, hidden_size=128, intermediate_size=512, num_layers=2, num_heads=4, num_kv_heads=2,
              head_dim=32)
@@ -80,9 +80,9 @@ def main(argv: list[str] | None = None) -> None:
     cfg = tiny_config(**SHAPE, rope_theta=a.rope_theta)
     models = {"random": Qwen3(cfg, rngs=nnx.Rngs(a.seed)), "copy_heads": Qwen3(cfg, rngs=nnx.Rngs(a.seed))}
     set_copy_heads(models["copy_heads"])
-    schedule = optax.warmup_cosine_decay_schedule(0.0, a.lr, max(1, a.steps // 20), max(a.steps, 2), 0.0)
-    opts = {k: nnx.Optimizer(m, optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=1e-6)),
-                             wrt=nnx.Param) for k, m in models.items()}
+    # SFT's optimiser: AdamW, warm-up then cosine decay, clipped at norm 1
+    opts = {k: nnx.Optimizer(m, optimizer(SFTConfig(steps=a.steps, lr=a.lr, warmup_frac=0.05)), wrt=nnx.Param)
+            for k, m in models.items()}
     test = repeated_spans(np.random.default_rng(10_000 + a.seed), 16, a.length, cfg.vocab_size, a.max_gap)
     batches = np.random.default_rng(a.seed)
     print(f"copyable tokens' mean probability on held-out rows (chance {1 / cfg.vocab_size:.4f}); "

@@ -37,6 +37,7 @@ import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 FAST_PAIRS = (0, 1)  # the rotary pairs (highest frequencies) the previous-token head uses
 
@@ -72,7 +73,7 @@ def slow_dims(head_dim: int) -> list[int]:
 
 
 def check_shape(cfg) -> None:
-    if cfg.num_layers < 2 or cfg.num_kv_heads < 2 or cfg.head_dim < 8 or cfg.num_heads % cfg.num_kv_heads:
+    if cfg.num_layers < 2 or cfg.num_kv_heads < 2 or cfg.head_dim < 8:
         raise ValueError(f"model.tiny_init='copy_heads' needs at least 2 layers, 2 key-value heads and head_dim >= 8; "
                          f"got num_layers={cfg.num_layers}, num_kv_heads={cfg.num_kv_heads}, head_dim={cfg.head_dim}")
     if cfg.hidden_size < 2 * cfg.head_dim + 1:
@@ -83,8 +84,9 @@ def check_shape(cfg) -> None:
 
 
 def copy_head_weights(cfg, init: dict[str, np.ndarray], spec: CopyHeads) -> dict[str, np.ndarray]:
-    """The new values of the parameters named in `init` ("embed", "layers.{i}.<module>.<param>"),
-    from their freshly built values. Pure: numpy in, numpy out."""
+    """The new values of the parameters in `init` (named by their dotted nnx paths: "embed",
+    "layers.0.self_attn.q_proj", ...), from their freshly built values; the ones the circuit does
+    not touch come back as they were. Pure: numpy in, numpy out."""
     check_shape(cfg)
     e, h, kv, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     n = e - d - 1
@@ -124,23 +126,13 @@ def copy_head_weights(cfg, init: dict[str, np.ndarray], spec: CopyHeads) -> dict
     return out
 
 
-PARAMS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.down_proj",
-          "self_attn.q_norm.scale", "self_attn.k_norm.scale")
-
-
-def _get(module, path: str):
-    for part in path.split("."):
-        module = module[int(part)] if part.isdigit() else getattr(module, part)
-    return module
-
-
 def set_copy_heads(model, spec: CopyHeads = CopyHeads()) -> None:
     """Write the copying circuit into a freshly built Qwen3 decoder (in place; a Qwen3-VL's
     language model: its text tokens turn by the same position on every multimodal-RoPE row)."""
     model = getattr(model, "language_model", model)
-    names = ["embed"] + [f"layers.{i}.{p}" for i in range(model.cfg.num_layers) for p in PARAMS]
-    params = {name: _get(model, name) for name in names}
-    init = {name: np.asarray(p.get_value()) for name, p in params.items()}
-    new = copy_head_weights(model.cfg, init, spec)
-    for name, p in params.items():
-        p.set_value(jnp.asarray(new[name], p.dtype))
+    flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    names = {".".join(map(str, path)): path for path in flat}
+    new = copy_head_weights(model.cfg, {name: np.asarray(flat[path][...]) for name, path in names.items()}, spec)
+    for name, path in names.items():
+        flat[path].set_value(jnp.asarray(new[name], flat[path].dtype))
+    nnx.update(model, nnx.from_flat_state(flat))
