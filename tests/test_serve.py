@@ -44,11 +44,14 @@ def test_pages_images_and_the_reader(serve, corpus):
     text = requests.get(f"{server.url}/reader/{server.url}/page/velda-quay", timeout=5)
     assert text.status_code == 200
     assert text.text.startswith(f"Title: Velda Quay\n\nURL Source: {server.url}/page/velda-quay\n\nMarkdown Content:\n")
+    spelled = requests.get(f"{server.url}/reader/{server.url}/page/Velda_Quay", timeout=5)
+    assert spelled.text.startswith(f"Title: Velda Quay\n\nURL Source: {server.url}/page/Velda_Quay\n")
+    assert "<title>Velda Quay</title>" in requests.get(f"{server.url}/page/Velda%20Quay", timeout=5).text
     foreign = requests.get(f"{server.url}/reader/http://127.0.0.1:1/page/velda-quay", timeout=5)
     assert foreign.status_code == 422
     for path in ["/page/nope", "/img/nope.png", "/img/../corpus.json", "/corpus.json", f"/reader/{server.url}/page/x"]:
         assert requests.get(server.url + path, timeout=5).status_code == 404, path
-    assert server.hits["/page"] == 2 and server.hits["/reader"] == 3
+    assert server.hits["/page"] == 3 and server.hits["/reader"] == 4
 
 
 def test_the_api_key_is_checked_when_set(serve):

@@ -119,8 +119,12 @@ def test_world_reader_and_fetcher_only_touch_corpus_entries(corpus):
     text = reader.read("world:///page/orrin-tower")
     assert text.startswith("Title: Orrin Tower\n\nURL Source: world:///page/orrin-tower\n\nMarkdown Content:\n")
     assert "golden clock face" in text
+    # Any spelling of the title names the page, as on Wikipedia; the URL shown is the one asked for.
+    for spelling in ["Orrin Tower", "Orrin_Tower", "orrin%20tower", "ORRIN-TOWER?x=1", "Orrin Tower#top"]:
+        text = reader.read(f"world:///page/{spelling}")
+        assert text.startswith(f"Title: Orrin Tower\n\nURL Source: world:///page/{spelling}\n"), spelling
     for url in ["world:///page/nope", "file:///etc/passwd", "http://127.0.0.1/page/orrin-tower",
-                "world:///../corpus.json"]:
+                "world:///../corpus.json", "world:///page/../corpus.json", "world:///page/Orrin", "world:///orrin-tower"]:
         with pytest.raises(ToolFailure):
             reader.read(url)
     fetcher = WorldImageFetcher(corpus)

@@ -3,13 +3,34 @@ server and the world generator all speak this contract.
 
 URLs are paths relative to a site root (`/page/tessel-rovers`, `/img/tessel-rovers-emblem.png`);
 a backend prefixes its own base: `world://` in process, `http://127.0.0.1:PORT` when served.
+A page answers at its slug and, as Wikipedia answers any spelling of an article's title, at any
+path that slugifies to it (`/page/Tessel Rovers`, `/page/Tessel_Rovers`, `/page/tessel%20rovers`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import re
 from pathlib import Path
+from urllib.parse import unquote
+
+PAGE_PREFIX = "/page/"
+
+
+def slugify(text: str) -> str:
+    """'2009 Mivan Industry Prize' -> '2009-mivan-industry-prize': a page's path after /page/."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def page_key(path: str) -> str | None:
+    """The page path that a requested path names, query and fragment dropped, percent-escapes
+    decoded and the title spelling slugified; None when it is not under /page/."""
+    path = path.split("?", 1)[0].split("#", 1)[0]
+    if not path.startswith(PAGE_PREFIX):
+        return None
+    return PAGE_PREFIX + slugify(unquote(path[len(PAGE_PREFIX):]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +53,15 @@ class Corpus:
     root: Path  # folder holding the image files
     pages: list[Page]
     images: list[WorldImage]
+
+    @functools.cached_property
+    def _pages_by_key(self) -> dict[str, Page]:
+        return {page_key(p.path) or p.path: p for p in self.pages}
+
+    def page_at(self, path: str) -> Page | None:
+        """The page a requested site path names (see the module docstring), or None."""
+        key = page_key(path)
+        return self._pages_by_key.get(key) if key else None
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

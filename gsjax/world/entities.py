@@ -20,8 +20,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-import re
 
+from gsjax.world.corpus import slugify
 from gsjax.world.names import NameGenerator
 from gsjax.world.vocab import COLOURS, GLYPHS, PATTERNS, SHAPES, Signature
 
@@ -156,10 +156,6 @@ CODE_LETTERS = "ABCDEFGHJKLMNPRSTVXZ"
 PLACE_SUFFIXES = ("Vale", "Harbour", "Hollow", "Ford", "Heights", "Bay")
 MODERN_YEARS = range(1950, 2046)
 PAST_YEARS = range(1100, 1900)
-
-
-def slugify(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 @dataclasses.dataclass(frozen=True)

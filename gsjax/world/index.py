@@ -125,13 +125,13 @@ class WorldReader:
 
     def __init__(self, corpus: Corpus, base: str = WORLD_BASE) -> None:
         self.base = base
-        self._pages = {p.path: p for p in corpus.pages}
+        self.corpus = corpus
 
     def read(self, url: str) -> str:
         path = _world_path(url, self.base)
         if path is None:
             raise ToolFailure(f"cannot read {url[:200]}: only pages of the offline world ({self.base}...) can be read")
-        page = self._pages.get(path.split("?", 1)[0].split("#", 1)[0])
+        page = self.corpus.page_at(path)
         if page is None:
             raise ToolFailure(f"no page at {url[:200]}")
         return render_page_text(page, url)

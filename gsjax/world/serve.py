@@ -158,7 +158,6 @@ class WorldServer(BackgroundServer):
         self.port = self._http.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.index = WorldIndex(corpus, base=self.url)
-        self._pages = {p.path: p for p in corpus.pages}
         self._images = {i.path: i for i in corpus.images}
 
     def __repr__(self) -> str:
@@ -192,7 +191,7 @@ class WorldServer(BackgroundServer):
         if method == "GET" and target.startswith("/reader/"):
             return self._reader(h, target[len("/reader/"):])
         if method == "GET" and route.startswith("/page/"):
-            return self._page(h, unquote(route))
+            return self._page(h, route)
         if method == "GET" and route.startswith("/img/"):
             return self._image(h, unquote(route))
         self._json(h, 404, {"message": f"no route for {method} {route[:100]}"})
@@ -272,13 +271,13 @@ class WorldServer(BackgroundServer):
         if not own:
             return self._send(h, 422, "text/plain; charset=utf-8",
                               f"this reader only reads pages of {self.url}".encode())
-        page = self._pages.get(unquote(parts.path))
+        page = self.corpus.page_at(parts.path)
         if page is None:
             return self._send(h, 404, "text/plain; charset=utf-8", f"no page at {parts.path[:100]}".encode())
         self._send(h, 200, "text/plain; charset=utf-8", render_page_text(page, url).encode())
 
     def _page(self, h: _Handler, path: str) -> None:
-        page = self._pages.get(path)
+        page = self.corpus.page_at(path)
         if page is None:
             return self._send(h, 404, "text/html; charset=utf-8", b"<html><body>not found</body></html>")
         paragraphs = "".join(f"<p>{html.escape(block)}</p>\n" for block in page.text.split("\n") if block.strip())
