@@ -19,11 +19,12 @@
 # that process by hand), and starts nothing. Otherwise all start at once, their output comes back
 # prefixed by `[pN] `, and the first one to exit non-zero stops the others (a crashed peer would
 # leave the rest blocked in a collective); the launcher exits with its status. Ctrl-C / SIGTERM
-# stops them all. Exit 0 only if every process succeeded. Needs bash >= 4.4.
+# stops them all (started with SIGINT ignored, as under nohup or `&` in a script, bash cannot trap
+# it: then only SIGTERM / SIGHUP do). Exit 0 only if every process succeeded. Needs bash >= 4.4.
 set -uo pipefail
 
 usage_line="[--dry-run] HOSTS_FILE -- CMD..."
-help_lines="2,22p"
+help_lines="2,23p"
 source "$(dirname "$0")/common.sh"
 parse_options "$@"
 set -- "${args[@]}"
@@ -114,15 +115,12 @@ tmp=$(mktemp -d "${TMPDIR:-/tmp}/gsjax_hosts.XXXXXX") || die "cannot create a te
 pids=()
 killed=0
 
-# Waits are `sleep` in the background and the `wait` builtin, which bash documents as returning at
-# once when a trapped signal arrives, the trap running right after. Neither of the two others is
-# safe: a foreground `sleep` is a child in the launcher's process group, and a Ctrl-C that arrived
-# as it was starting or ending was sometimes taken by bash as handled by the child and dropped (about
-# 1 run in 300 under load); `read -t` on a silent pipe (bash 5.2) now and then lost a trapped SIGINT
-# (2 runs in about 850 measured under load), napping on with the signal never handled. A background
-# child of this non-interactive shell ignores the group's SIGINT, so it never takes the Ctrl-C meant
-# for us; its output goes nowhere, so it cannot hold the launcher's pipes open after it exits.
-nap() { sleep "$1" </dev/null >/dev/null 2>&1 & wait "$!"; return 0; }
+# Waits are the `read` builtin timing out on a pipe nobody writes to, not `sleep`: the launcher then
+# never has a child in its own process group, so a Ctrl-C sent to that group always reaches the
+# trap below. (With an external `sleep`, a SIGINT that arrived as the child was starting or ending
+# was sometimes taken by bash as handled by the child and dropped: about 1 run in 300 under load.)
+exec {nap_fd}<> <(:)
+nap() { read -r -t "$1" -u "$nap_fd" _; return 0; }
 
 prefix() {  # index: copy stdin to stdout, each line prefixed; survive the group's SIGTERM to drain.
   trap '' INT TERM HUP
@@ -171,6 +169,7 @@ trap 'on_signal SIGHUP 129' HUP
 set -m
 for i in "${!lines[@]}"; do
   (
+    exec {nap_fd}>&-  # the launcher's own; not passed on to the processes
     bash -c "${lines[$i]}" < /dev/null > >(prefix "$i") 2>&1
     rc=$?
     printf '%s\n' "$rc" > "$tmp/rc.$i.part" && mv "$tmp/rc.$i.part" "$tmp/rc.$i"

@@ -45,6 +45,13 @@ elif mode == "sleep":
 '''
 
 
+# A terminal's shell starts a program with SIGINT at its default. A suite started in the background
+# of a script (`nohup make test &`) has it ignored, and bash cannot trap a signal that was ignored
+# when it started (`trap ... INT` is silently a no-op), so the launcher is started through this.
+AS_FROM_A_TERMINAL = (sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                      "os.execv(sys.argv[1], sys.argv[1:])")
+
+
 def _env(**extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith("GSJAX_") and k != "VIRTUAL_ENV"}
     env.update(extra)
@@ -187,7 +194,8 @@ def test_gpu_hosts_failure_kills_the_others(tmp_path):
 def test_gpu_hosts_signal_stops_all(tmp_path, sig, status):
     hosts = _hosts(tmp_path, "localhost\nlocalhost\n")
     (tmp_path / "w.py").write_text(WORKER)
-    p = subprocess.Popen([str(GPU_HOSTS), str(hosts), "--", "python", str(tmp_path / "w.py"), str(tmp_path), "sleep"],
+    p = subprocess.Popen([*AS_FROM_A_TERMINAL, str(GPU_HOSTS), str(hosts), "--", "python", str(tmp_path / "w.py"),
+                          str(tmp_path), "sleep"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=_env(VIRTUAL_ENV=str(VENV)), start_new_session=True)
     try:
@@ -199,8 +207,7 @@ def test_gpu_hosts_signal_stops_all(tmp_path, sig, status):
         os.killpg(p.pid, sig) if sig == signal.SIGINT else p.send_signal(sig)
         # What is checked is that everything stops, not how fast: the launcher's grace is counted in
         # 0.1 s rounds, which take longer on a loaded machine. (Its waits are `wait` on a background
-        # `sleep`: with a foreground `sleep` bash dropped the group's SIGINT about 1 run in 300, with
-        # `read -t` about 1 in 400.)
+        # `sleep`: with a foreground `sleep` bash dropped the group's SIGINT about 1 run in 300.)
         out, err = p.communicate(timeout=60)
     finally:
         if p.poll() is None:
