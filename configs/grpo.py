@@ -123,6 +123,17 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         c.data.world_size.image_only_share = 1.0
         c.model.tiny_vision.enabled = True
         c.agent.limits.max_pixels = 96 * 96
+    elif preset == "copy_heads":
+        # The tiny policy that copies what the tools return (docs/training.md, "A copying circuit at
+        # step 0"): hand-set previous-token and induction heads, slow rotary pairs to match on, a name
+        # the same tokens wherever it is written, SFT also on the tools' text, and GRPO at lr 1e-4
+        # (at the default 5e-4 it stopped answering for good by step 14).
+        c.workdir = "runs/grpo_copy_heads"
+        c.model.tiny_init = "copy_heads"
+        c.model.tiny.rope_theta = 1e6
+        c.data.tokenizer_split = "capitalised"
+        c.sft.context_weight = 1.0
+        c.rl.lr = 1e-4
     elif preset in ("qwen3_8b", "qwen3vl_8b"):
         # The reference's recipe (reference-spec.md section 5) at Qwen3-8B, or at Qwen3-VL-8B (the
         # paper's policy, seeing the tools' images); `python -m gsjax.plan
@@ -157,5 +168,5 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         c.reward.update(generator="http", judge="openai")
         c.eval.update(prompts=630, temperature=0.6, top_p=0.9, num_slots=16)
     else:
-        raise ValueError(f"unknown preset {preset!r} for configs/grpo.py; expected default, test, image_only, qwen3_8b or qwen3vl_8b")
+        raise ValueError(f"unknown preset {preset!r} for configs/grpo.py; expected default, test, image_only, copy_heads, qwen3_8b or qwen3vl_8b")
     return c

@@ -81,3 +81,17 @@ def test_the_bench_prints_both_inits_side_by_side(capsys):
     assert [r[0] for r in rows] == ["0", "1", "2"]
     random0, copy0 = float(rows[0][1]), float(rows[0][2])
     assert random0 < 0.01 < 0.3 < copy0
+
+
+def test_the_copy_heads_preset_builds_a_policy_that_copies_at_step_0():
+    """configs/grpo.py:copy_heads, the measured recipe, wires the circuit into the policy train.py builds."""
+    import types
+
+    from gsjax.config import load
+    from gsjax.train import tiny_model
+
+    cfg = load("configs/grpo.py:copy_heads")
+    assert (cfg.data.tokenizer_split, cfg.sft.context_weight, cfg.rl.lr) == ("capitalised", 1.0, 1e-4)
+    model = tiny_model(cfg, types.SimpleNamespace(vocab_size=cfg.model.tiny.vocab_size))
+    ids, mask = repeated_spans(np.random.default_rng(0), 4, 192, 512, 40, spans=(4, 16))
+    assert copy_probability(model, ids, mask) > 0.4
