@@ -206,8 +206,8 @@ def test_gpu_hosts_signal_stops_all(tmp_path, sig, status):
         # SIGINT as a terminal's Ctrl-C sends it: to the launcher's process group
         os.killpg(p.pid, sig) if sig == signal.SIGINT else p.send_signal(sig)
         # What is checked is that everything stops, not how fast: the launcher's grace is counted in
-        # 0.1 s rounds, which take longer on a loaded machine. (Its waits are `wait` on a background
-        # `sleep`: with a foreground `sleep` bash dropped the group's SIGINT about 1 run in 300.)
+        # 0.1 s rounds, which take longer on a loaded machine. (Its waits are the `read` builtin: with
+        # an external `sleep` in its group, bash dropped the group's SIGINT about 1 run in 300.)
         out, err = p.communicate(timeout=60)
     finally:
         if p.poll() is None:

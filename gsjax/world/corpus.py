@@ -56,7 +56,7 @@ class Corpus:
 
     @functools.cached_property
     def _pages_by_key(self) -> dict[str, Page]:
-        return {page_key(p.path) or p.path: p for p in self.pages}
+        return {page_key(p.path): p for p in self.pages}
 
     def page_at(self, path: str) -> Page | None:
         """The page a requested site path names (see the module docstring), or None."""
