@@ -7,7 +7,8 @@ started by launch/gpu_hosts.sh in its localhost mode):
 - `python -m gsjax.train` on the offline world, its tools served over HTTP by a loopback world
   server: 2 processes x 4 devices give the same per-step SFT loss, GRPO reward and loss and held-out
   summary as 1 x 1, make each tool call once (the server's request counts are equal), and write
-  one metrics file; a SIGKILL of one process, then a rerun, resumes exactly. (One process on 8
+  one metrics file; both runs are killed (SIGKILL of one process) after GRPO step 3 and rerun, and
+  resume exactly, so one pair of runs proves all of it. (One process on 8
   devices is compared with one device by tests/test_mesh.py for the learner and by the eval test
   below for the sampler; a third gsjax.train run for it here cost the suite about 100 s.)
 """
@@ -143,42 +144,6 @@ def _records(workdir: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
 
 
-def _run(workdir: Path, world, devices: int, processes: int, mesh: dict) -> tuple[list[dict], dict, int]:
-    server = world[2]
-    before = sum(server.hits[r] for r in TOOL_ROUTES)
-    proc = _start(workdir, world, devices, processes, mesh)
-    out, _ = proc.communicate(timeout=900)
-    assert proc.returncode == 0, out[-4000:]
-    summary = json.loads((workdir / "summary.json").read_text())
-    return _records(workdir), summary, sum(server.hits[r] for r in TOOL_ROUTES) - before
-
-
-def _same_steps(a: list[dict], b: list[dict]) -> None:
-    assert [(r["phase"], r["step"]) for r in a] == [(r["phase"], r["step"]) for r in b]
-    for x, y in zip(a, b):
-        assert y["loss"] == pytest.approx(x["loss"], abs=1e-5), (x["phase"], x["step"])
-        if x["phase"] == "grpo":
-            for key in ("reward", "traj_tokens", "tool_calls", "answered", "grad_norm"):
-                assert y[key] == pytest.approx(x[key], abs=1e-5, rel=1e-5), (x["step"], key)
-
-
-@pytest.mark.slow
-def test_training_on_two_processes_equals_one_process_and_calls_each_tool_once(world):
-    base = world[0]
-    one, one_summary, one_hits = _run(base / "one", world, 1, 1, {"data": 1})
-    two, two_summary, two_hits = _run(base / "two", world, 4, 2, {"data": 1, "fsdp": 8})
-    assert [r["step"] for r in one if r["phase"] == "sft"] == [1, 2]
-    assert len({r["loss"] for r in one if r["phase"] == "sft"}) > 1
-    assert one_hits > 0  # the policy did call the tools
-    assert two_hits == one_hits  # each call once, on the process that made it
-    _same_steps(one, two)  # one record per step: a single writer
-    for name, m in one_summary["heldout"].items():
-        for key in ("reward", "traj_tokens", "tool_calls"):
-            assert two_summary["heldout"][name][key] == pytest.approx(m[key], abs=1e-5), (name, key)
-    assert not list((base / "two").glob("metrics.jsonl.*"))
-    assert len(list((base / "two" / "tensorboard").glob("events.out.tfevents.*"))) == 1
-
-
 def _pid_of_process(workdir: Path, index: int) -> int | None:
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -194,32 +159,76 @@ def _pid_of_process(workdir: Path, index: int) -> int | None:
     return None
 
 
-@pytest.mark.slow
-def test_sigkill_of_one_process_then_rerun_resumes_exactly(world):
-    workdir = world[0] / "killed"
-    proc = _start(workdir, world, 4, 2, {"data": 1, "fsdp": 8})
+def _killed_and_rerun(workdir: Path, world, devices: int, processes: int, mesh: dict) -> dict:
+    """Train until GRPO step 3 is recorded (step 2's checkpoint behind it), SIGKILL one process (the
+    last; the launcher must stop the others), rerun the same command to the end. Returns the records
+    before the kill, all records, the rerun's output and summary, and the tool requests the rerun
+    made at the world server (steps 3 and 4 and the held-out evaluation)."""
+    server = world[2]
+    proc = _start(workdir, world, devices, processes, mesh)
     deadline = time.monotonic() + 900
-    while not any(r["phase"] == "grpo" and r["step"] == 3 for r in _records(workdir)):  # step 2's checkpoint behind it
+    while not any(r["phase"] == "grpo" and r["step"] == 3 for r in _records(workdir)):
         assert proc.poll() is None, proc.stdout.read()[-4000:]
         assert time.monotonic() < deadline, "training did not reach GRPO step 3 in time"
         time.sleep(0.2)
-    pid = _pid_of_process(workdir, 1)
+    pid = proc.pid if processes == 1 else _pid_of_process(workdir, processes - 1)
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode != 0  # the launcher stopped the other process and reports the failure
-    before = {r["step"]: r for r in _records(workdir) if r["phase"] == "grpo"}
+    proc.communicate(timeout=300)
+    assert proc.returncode != 0  # with several processes: the launcher stopped the rest and reports the failure
+    before = _records(workdir)
 
-    rerun = _start(workdir, world, 4, 2, {"data": 1, "fsdp": 8})
+    hits = sum(server.hits[r] for r in TOOL_ROUTES)
+    rerun = _start(workdir, world, devices, processes, mesh)
     out, _ = rerun.communicate(timeout=900)
     assert rerun.returncode == 0, out[-4000:]
     assert "GRPO: resuming after step 2" in out and "SFT: reusing" in out
-    records = [r for r in _records(workdir) if r["phase"] == "grpo"]
-    redone = records[len(before):]
-    assert [r["step"] for r in redone] == [3, 4]
-    for key in ("loss", "reward", "traj_tokens", "tool_calls", "grad_norm"):
-        assert redone[0][key] == pytest.approx(before[3][key], abs=1e-6), key
-    assert (workdir / "policy_grpo" / "agent.json").is_file()
+    return dict(before=before, records=_records(workdir), out=out, hits=sum(server.hits[r] for r in TOOL_ROUTES) - hits,
+                summary=json.loads((workdir / "summary.json").read_text()))
+
+
+def _last_of_each_step(records: list[dict]) -> list[dict]:
+    last = {(r["phase"], r["step"]): r for r in records}
+    return [last[k] for k in sorted(last, key=lambda k: (k[0] != "sft", k[1]))]
+
+
+def _same_steps(a: list[dict], b: list[dict]) -> None:
+    assert [(r["phase"], r["step"]) for r in a] == [(r["phase"], r["step"]) for r in b]
+    for x, y in zip(a, b):
+        assert y["loss"] == pytest.approx(x["loss"], abs=1e-5), (x["phase"], x["step"])
+        if x["phase"] == "grpo":
+            for key in ("reward", "traj_tokens", "tool_calls", "answered", "grad_norm"):
+                assert y[key] == pytest.approx(x[key], abs=1e-5, rel=1e-5), (x["step"], key)
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_call_each_tool_once_and_resume_exactly_after_a_sigkill(world):
+    """1 x 1 and 2 processes x 4 devices, each killed after GRPO step 3 and rerun: the same steps
+    and held-out summary, the same tool requests in the reruns, one writer of the metrics."""
+    base = world[0]
+    one = _killed_and_rerun(base / "one", world, 1, 1, {"data": 1})
+    two = _killed_and_rerun(base / "two", world, 4, 2, {"data": 1, "fsdp": 8})
+    for run in (one, two):  # the redone step 3: the same prompts, rollouts and update as before the kill
+        (old,) = [r for r in run["before"] if r["phase"] == "grpo" and r["step"] == 3]
+        redone = [r for r in run["records"][len(run["before"]):] if r["phase"] == "grpo"]
+        assert [r["step"] for r in redone] == [3, 4]
+        for key in ("loss", "reward", "traj_tokens", "tool_calls", "grad_norm"):
+            assert redone[0][key] == pytest.approx(old[key], abs=1e-6), key
+    steps = _last_of_each_step(one["records"])
+    assert [(r["phase"], r["step"]) for r in steps] == [("sft", 1), ("sft", 2)] + [("grpo", i) for i in range(1, 5)]
+    assert len({r["loss"] for r in steps if r["phase"] == "sft"}) > 1
+    _same_steps(steps, _last_of_each_step(two["records"]))
+    for part in (two["before"], two["records"][len(two["before"]):]):  # one writer: a record per step and launch
+        assert len({(r["phase"], r["step"]) for r in part}) == len(part)
+    assert one["hits"] > 0  # the policy did call the tools
+    assert two["hits"] == one["hits"]  # each call once, on the process that made it
+    for name, m in one["summary"]["heldout"].items():
+        for key in ("reward", "traj_tokens", "tool_calls"):
+            assert two["summary"]["heldout"][name][key] == pytest.approx(m[key], abs=1e-5), (name, key)
+    assert not list((base / "two").glob("metrics.jsonl.*"))
+    events = [len(list((base / run / "tensorboard").glob("events.out.tfevents.*"))) for run in ("one", "two")]
+    assert events[1] == events[0] == 2  # one TensorBoard file per launch, not per process
+    assert (base / "two" / "policy_grpo" / "agent.json").is_file()
 
 
 def _eval(world, workdir: Path, devices: int, mesh: dict) -> list[dict]:
