@@ -30,7 +30,7 @@ def solved(tmp_path_factory):
 def test_probes_mark_every_name_the_assistant_writes(solved, split):
     texts = [m["content"] for r in solved for m in r.episode.messages]
     tok = Tokenizer.train_bpe(texts, 600, split=split)
-    items = probes(tok, [r.episode for r in solved], [r.key.names for r in solved])
+    items = probes(tok, [r.episode for r in solved], [r.key.names for r in solved], [r.key.scene for r in solved])
     assert len(items) == len(solved)
     for item, r in zip(items, solved):
         assistant = "".join(m["content"] for m in r.episode.messages if m["role"] == "assistant")
@@ -39,6 +39,12 @@ def test_probes_mark_every_name_the_assistant_writes(solved, split):
         for toks in item.name_tokens:
             assert all(item.mask[t] for t in toks)
             assert any(n in tok.decode([item.ids[t] for t in toks]) for n in r.key.names)
+        # The scene word of the answer: after every thought and query, written by the assistant.
+        scene = tok.decode([item.ids[t] for t in item.scene_tokens])
+        assert scene.strip().lower() == r.key.scene
+        before = tok.decode(item.ids[:item.scene_tokens[0]])
+        assert "<answer>" in before[before.rindex("assistant"):]  # in the last turn's answer
+        assert all(item.mask[t] for t in item.scene_tokens)
 
 
 def test_scores_count_greedy_guesses_on_the_names():
@@ -54,6 +60,9 @@ def test_scores_count_greedy_guesses_on_the_names():
     for t in (20, 21, 22):
         ids[t] = (int(greedy[t - 1]) + 1 - 12) % (tok.vocab_size - 12) + 12
         greedy = np.asarray(model.logits(model.hidden_states(ModelInput(jnp.asarray([ids])))).argmax(-1))[0]
-    s = score(policy, [Probe(ids, [0] * 5 + [1] * 35, [[10, 11, 12], [20, 21, 22]])], bucket=64)
+    mask = [0] * 5 + [1] * 35
+    s = score(policy, [Probe(ids, mask, [[10, 11, 12], [20, 21, 22]], [10, 11]),
+                       Probe(ids, mask, [], [21, 22])], bucket=64)
     assert s["names"] == 2 and s["names_whole"] == 0.5 and s["name_token_accuracy"] == 0.5
+    assert s["scenes"] == 2 and s["scene_whole"] == 0.5
     assert 0 < s["assistant_nll"] < 2 * np.log(tok.vocab_size)

@@ -10,7 +10,10 @@ tokens, the greedy accuracy on the tokens of the entities' names where the assis
 (in thoughts, queries and the answer), and the share of those names written whole (every token
 right). A held-out name was never trained on, so only a policy that copies it from the prompt or a
 tool response gets it right: this measures the skill issue 14's K-Score needs, in a minute,
-without sampling noise. The policies must share the world's tokenizer.
+without sampling noise. The last column is the same test for the answer's scene word (the first
+"billboard", "mug", ... in the gen_prompt, which the world's generator draws): the share of answers
+whose scene word the policy writes whole, a word only the prompt holds. The policies must share
+the world's tokenizer.
 """
 
 from __future__ import annotations
@@ -30,12 +33,20 @@ class Probe:
     ids: list[int]
     mask: list[int]  # 1 where the assistant writes
     name_tokens: list[list[int]]  # per written name occurrence, its token positions
+    scene_tokens: list[int] = dataclasses.field(default_factory=list)  # the answer's first scene word's positions
 
 
-def probes(tok, episodes: Sequence, names: Sequence[Sequence[str]]) -> list[Probe]:
-    """Each episode rendered as the policy reads it, with where the assistant writes each name."""
+def _written(enc, chat, start: int, end: int) -> list[int]:
+    """The tokens of chat.text[start:end] when the assistant writes all of them, else []."""
+    toks = [t for t, (a, b) in enumerate(enc.offsets) if t > 0 and b > start and a < end]
+    return toks if toks and all(chat.loss_mask[t] for t in toks) else []
+
+
+def probes(tok, episodes: Sequence, names: Sequence[Sequence[str]], scenes: Sequence[str] | None = None) -> list[Probe]:
+    """Each episode rendered as the policy reads it, with where the assistant writes each name and
+    (given each episode's scene word) the answer's first scene word."""
     out = []
-    for episode, key_names in zip(episodes, names):
+    for i, (episode, key_names) in enumerate(zip(episodes, names)):
         msgs = [{"role": m["role"], "content": m["content"]} for m in episode.messages]
         chat = tok.render_chat(msgs, add_generation_prompt=False)
         enc = tok.backend.encode(chat.text, add_special_tokens=False)
@@ -44,10 +55,14 @@ def probes(tok, episodes: Sequence, names: Sequence[Sequence[str]]) -> list[Prob
         occurrences = []
         for name in key_names:
             for m in re.finditer(re.escape(name), chat.text):
-                toks = [t for t, (a, b) in enumerate(enc.offsets) if t > 0 and b > m.start() and a < m.end()]
-                if toks and all(chat.loss_mask[t] for t in toks):
+                if toks := _written(enc, chat, m.start(), m.end()):
                     occurrences.append(toks)
-        out.append(Probe(list(chat.ids), list(chat.loss_mask), occurrences))
+        scene = []
+        answer = chat.text.rfind("<answer>")
+        if scenes is not None and answer >= 0:
+            m = re.compile(rf"\b{re.escape(scenes[i])}\b", re.IGNORECASE).search(chat.text, answer)
+            scene = _written(enc, chat, m.start(), m.end()) if m else []
+        out.append(Probe(list(chat.ids), list(chat.loss_mask), occurrences, scene))
     return out
 
 
@@ -65,7 +80,7 @@ def score(policy, items: Sequence[Probe], bucket: int = 256) -> dict[str, float]
         logits = model.logits(model.hidden_states(ModelInput(tokens)))
         return logits.argmax(-1), jax.nn.log_softmax(logits.astype(jnp.float32), -1)
 
-    nll, right, whole = [], [], []
+    nll, right, whole, scene = [], [], [], []
     for p in items:
         n = len(p.ids)
         padded = np.full((1, -(-n // bucket) * bucket), policy.tokenizer.pad_id, np.int32)
@@ -78,8 +93,11 @@ def score(policy, items: Sequence[Probe], bucket: int = 256) -> dict[str, float]
             ok = [bool(greedy[t - 1] == ids[t]) for t in toks]
             right += ok
             whole.append(all(ok))
-    return {"assistant_nll": float(np.mean(nll)), "name_token_accuracy": float(np.mean(right)) if right else float("nan"),
-            "names_whole": float(np.mean(whole)) if whole else float("nan"), "names": len(whole)}
+        if p.scene_tokens:
+            scene.append(all(greedy[t - 1] == ids[t] for t in p.scene_tokens))
+    mean = lambda xs: float(np.mean(xs)) if xs else float("nan")  # noqa: E731
+    return {"assistant_nll": float(np.mean(nll)), "name_token_accuracy": mean(right), "names_whole": mean(whole),
+            "names": len(whole), "scene_whole": mean(scene), "scenes": len(scene)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -109,12 +127,14 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for folder in args.policy:
         policy = load_policy(folder)
-        items = probes(policy.tokenizer, [r.episode for r in solved], [r.key.names for r in solved])
+        items = probes(policy.tokenizer, [r.episode for r in solved], [r.key.names for r in solved],
+                       [r.key.scene for r in solved])
         s = score(policy, items)
         rows.append([folder, len(items), s["names"], f"{s['assistant_nll']:.3f}", f"{s['name_token_accuracy']:.3f}",
-                     f"{s['names_whole']:.3f}"])
+                     f"{s['names_whole']:.3f}", f"{s['scene_whole']:.3f} of {s['scenes']}"])
     print(f"{args.split} expert trajectories of {run}/world ({len(solved)} solved of the first {args.prompts}):")
-    head = ["policy", "trajectories", "names written", "assistant NLL", "name-token accuracy", "names whole"]
+    head = ["policy", "trajectories", "names written", "assistant NLL", "name-token accuracy", "names whole",
+            "answer's scene word whole"]
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     for r in [head, *rows]:
         print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)))
