@@ -222,13 +222,14 @@ def test_two_processes_train_as_one_call_each_tool_once_and_resume_exactly_after
         assert len({(r["phase"], r["step"]) for r in part}) == len(part)
     assert one["hits"] > 0  # the policy did call the tools
     assert two["hits"] == one["hits"]  # each call once, on the process that made it
+    assert set(one["summary"]["heldout"]) == {"no_search", "sft", "grpo"}
     for name, m in one["summary"]["heldout"].items():
         for key in ("reward", "traj_tokens", "tool_calls"):
             assert two["summary"]["heldout"][name][key] == pytest.approx(m[key], abs=1e-5), (name, key)
     assert not list((base / "two").glob("metrics.jsonl.*"))
     events = [len(list((base / run / "tensorboard").glob("events.out.tfevents.*"))) for run in ("one", "two")]
     assert events[1] == events[0] == 2  # one TensorBoard file per launch, not per process
-    assert (base / "two" / "policy_grpo" / "agent.json").is_file()
+    assert all((base / run / "policy_grpo" / "agent.json").is_file() for run in ("one", "two"))
 
 
 def _eval(world, workdir: Path, devices: int, mesh: dict) -> list[dict]:
