@@ -335,6 +335,17 @@ def test_prompt_names_only_its_scene_from_the_vocabularies(truth):
             assert signature_from_text(key.gen_prompt) == key.signatures[0]
 
 
+def test_ideal_answer_opens_with_the_prompt_words_up_to_its_scene_and_no_name(truth):
+    """The scene of the expert's answer is a copy of the prompt's opening words (what a copying
+    policy can write), which name no entity and no clue; the generator draws that scene."""
+    for key in truth.values():
+        scene = SCENES[key.scene]
+        opening = key.prompt[:key.prompt.index(scene) + len(scene)]
+        assert key.gen_prompt.startswith(opening + " showing"), (key.prompt, key.gen_prompt)
+        assert find_attributes(key.gen_prompt)["scene"][0] == key.scene
+        assert not any(n in opening for n in key.names) and not any(h.clue in opening for h in key.hops)
+
+
 def test_text_prompts_carry_the_text_in_the_truth_file(world, truth):
     with_text = [k for k in truth.values() if k.text]
     assert with_text and any(k.text_source == "motto" for k in with_text)

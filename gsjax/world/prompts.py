@@ -38,7 +38,7 @@ RELATION_WEIGHTS = {"event": 0.6, "place": 0.2, "maker": 0.2}
 ORDINALS = ("first", "second")
 
 SINGLE_TEMPLATES = (
-    "Draw the {look} of {ref} on {scene}{text}.",
+    "Draw {scene} bearing the {look} of {ref}{text}.",
     "Create an image of {scene} showing the {look} of {ref}{text}.",
     "Design {scene} that features the {look} of {ref}{text}.",
     "Make a picture of {scene} decorated with the {look} of {ref}{text}.",
@@ -241,7 +241,7 @@ def _single(world: World, item_id: str, split: str, e: Entity, rng: random.Rando
     steps += _entity_steps(e, want_text=source == "motto")
     template = rng.choice(SINGLE_TEMPLATES)
     prompt = template.format(look=k.look, ref=ref, scene=SCENES[scene], text=text_clause)
-    gen = (f"{_cap(SCENES[scene])} showing the {k.look} of {e.ref} (the first reference image): "
+    gen = (f"{_scene_prefix(prompt, SCENES[scene])} showing the {k.look} of {e.ref} (the first reference image): "
            f"{e.signature.describe()}.")
     if text:
         # The name as the pages write it: the generator draws the text in capitals and the judges
@@ -271,12 +271,18 @@ def _multi(world: World, item_id: str, split: str, category: str, subjects: list
     parts = [f"the {k.look} of {e.ref} ({'the ' + ORDINALS[i]} reference image): "
              f"{e.signature.describe()}, on the {('left', 'right')[i]}"
              for i, e in enumerate(subjects)]
-    gen = f"{_cap(SCENES[scene])} showing, side by side, {parts[0]}, and {parts[1]}."
+    gen = f"{_scene_prefix(prompt, SCENES[scene])} showing, side by side, {parts[0]}, and {parts[1]}."
     return AnswerKey(item_id, split, _cap(prompt), category, MULTI,
                      tuple(e.id for e in subjects), tuple(e.name for e in subjects),
                      tuple(e.signature for e in subjects), scene, None, None, tuple(hops),
                      tuple(steps), tuple(e.image_paths for e in subjects),
                      gen, f"gt/{item_id}.png")
+
+
+def _scene_prefix(prompt: str, scene: str) -> str:
+    """The prompt's words up to and including its scene ("Make a picture of a mug"): every template
+    names the scene before any subject, so this part of the answer is a copy and names no one."""
+    return _cap(prompt[:prompt.index(scene) + len(scene)])
 
 
 def _cap(text: str) -> str:
