@@ -128,8 +128,11 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         # step 0"): hand-set previous-token and induction heads, slow rotary pairs to match on, a name
         # the same tokens wherever it is written, SFT also on the tools' text, and GRPO at lr 1e-4
         # (at the default 5e-4 it stopped answering for good by step 14).
-        c.workdir = "runs/grpo_copy_heads"
+        # No underscore: tool responses show image paths under the workdir, and this policy copies
+        # "IMG" "_" "001" by matching "_" (docs/training.md, "Where the sampled episodes break").
+        c.workdir = "runs/copyheads"
         c.model.tiny_init = "copy_heads"
+        c.model.tiny.num_layers = 4  # 2 more layers past the circuit's two: the right names in sampled answers
         c.model.tiny.rope_theta = 1e6
         c.data.tokenizer_split = "capitalised"
         c.sft.context_weight = 1.0
