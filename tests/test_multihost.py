@@ -159,11 +159,15 @@ def _pid_of_process(workdir: Path, index: int) -> int | None:
     return None
 
 
+def _tool_requests(server) -> int:
+    return sum(server.hits[r] for r in TOOL_ROUTES)
+
+
 def _killed_and_rerun(workdir: Path, world, devices: int, processes: int, mesh: dict) -> dict:
     """Train until GRPO step 3 is recorded (step 2's checkpoint behind it), SIGKILL one process (the
     last; the launcher must stop the others), rerun the same command to the end. Returns the records
-    before the kill, all records, the rerun's output and summary, and the tool requests the rerun
-    made at the world server (steps 3 and 4 and the held-out evaluation)."""
+    before the kill, all records, the rerun's summary, and the tool requests the rerun made at the
+    world server (steps 3 and 4 and the held-out evaluation)."""
     server = world[2]
     proc = _start(workdir, world, devices, processes, mesh)
     deadline = time.monotonic() + 900
@@ -178,12 +182,12 @@ def _killed_and_rerun(workdir: Path, world, devices: int, processes: int, mesh: 
     assert proc.returncode != 0  # with several processes: the launcher stopped the rest and reports the failure
     before = _records(workdir)
 
-    hits = sum(server.hits[r] for r in TOOL_ROUTES)
+    hits = _tool_requests(server)
     rerun = _start(workdir, world, devices, processes, mesh)
     out, _ = rerun.communicate(timeout=900)
     assert rerun.returncode == 0, out[-4000:]
     assert "GRPO: resuming after step 2" in out and "SFT: reusing" in out
-    return dict(before=before, records=_records(workdir), out=out, hits=sum(server.hits[r] for r in TOOL_ROUTES) - hits,
+    return dict(before=before, records=_records(workdir), hits=_tool_requests(server) - hits,
                 summary=json.loads((workdir / "summary.json").read_text()))
 
 
