@@ -310,7 +310,7 @@ def test_judge_images_are_jpeg_with_the_longest_side_at_most_4096(tmp_path):
 def test_rewards_bench_runs_at_a_toy_size(capsys):
     from gsjax.bench import rewards
 
-    result = rewards.main(["--trajectories", "8", "--latency", "0.02"])
+    result = rewards.main(["--trajectories", "8", "--latency", "0.02", "--repeats", "3"])  # a median, robust to a loaded CI machine
     assert result.failed == 0 and result.ratio.median > 2.0 and result.mean_reward > 0.5
     assert "serial / concurrent = " in capsys.readouterr().out
 
