@@ -59,7 +59,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.agent.expert = ml_collections.ConfigDict(dict(top_k=1, image_top_k=1))
 
     # As in configs/grpo.py, so a trained policy sees the tool outputs it was trained on.
-    c.tools = tools_config(backend="local", extractive_sentences=2, max_images=5, workers=32)
+    # local_path "" shows the image search's paths as the policy's agent.json says it was trained to
+    # read them ("full" for the other agents and for checkpoints that do not say).
+    c.tools = tools_config(backend="local", extractive_sentences=2, max_images=5, workers=32, local_path="")
 
     c.reward = reward_config()  # generator and judge backends (world | http | jax; world | openai)
 

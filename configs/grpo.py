@@ -136,6 +136,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         c.model.tiny.rope_theta = 1e6
         c.data.tokenizer_split = "capitalised"
         c.sft.context_weight = 1.0
+        c.tools.local_path = "name"  # no work folder in what the policy reads; recorded in its agent.json
         c.rl.lr = 1e-4
     elif preset in ("qwen3_8b", "qwen3vl_8b"):
         # The reference's recipe (reference-spec.md section 5) at Qwen3-8B, or at Qwen3-VL-8B (the

@@ -123,13 +123,13 @@ def initial_policy(cfg: ml_collections.ConfigDict, tok: Tokenizer, limits: Agent
                    mesh) -> Policy:
     if cfg.model.path:
         policy = load_policy(cfg.model.path, mesh, progress=is_primary(), **run_settings(cfg))
-        return dataclasses.replace(policy, limits=limits, sampling=sampling)
+        return dataclasses.replace(policy, limits=limits, sampling=sampling, local_path=cfg.tools.local_path)
     if cfg.model.architecture:
         raise ValueError(f"model.architecture={cfg.model.architecture!r} needs its weights: set model.path to a "
                          "checkpoint folder (the architecture name alone is for python -m gsjax.plan)")
     model = tiny_model(cfg, tok)
     shard_module(model, mesh)
-    return Policy(model, tok, limits, sampling)
+    return Policy(model, tok, limits, sampling, cfg.tools.local_path)
 
 
 def tiny_model(cfg: ml_collections.ConfigDict, tok: Tokenizer) -> Qwen3 | Qwen3VL:

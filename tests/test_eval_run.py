@@ -202,6 +202,33 @@ def test_policy_backend_runs_a_policy_folder(world, tmp_path):
         assert r["messages"][0]["role"] == "system"
 
 
+def test_a_policy_is_shown_image_paths_as_its_agent_json_says_it_was_trained_to_read_them(world, tmp_path):
+    from flax import nnx
+
+    from gsjax.agent.policy import Policy, load_policy, recorded_local_path, save_policy
+    from gsjax.agent.types import ImageRegistry, ToolCall
+    from gsjax.models.qwen3 import Qwen3, tiny_config
+    from gsjax.tokenizer import Tokenizer
+
+    tok = Tokenizer.train_bpe(["<think></think><tool_call></tool_call><answer></answer>"], 300)
+    model = Qwen3(tiny_config(vocab_size=tok.vocab_size), rngs=nnx.Rngs(0))
+    folder = save_policy(Policy(model, tok, local_path="name"), tmp_path / "policy")
+    assert recorded_local_path(folder) == "name" and load_policy(folder).local_path == "name"
+    assert recorded_local_path(tmp_path) == "full"  # no agent.json: a real checkpoint, the reference's view
+    query = next(iter(read_truth(world / "truth.json").values())).names[0]
+    shown = {}
+    for override in ("", "full"):
+        cfg = _cfg(world, tmp_path / "eval_run", agent__backend="policy", agent__policy=str(folder),
+                   tools__local_path=override)
+        with cli._toolbox(cfg, world) as toolbox:
+            result = toolbox.run(ToolCall("image_search", {"query": query, "top_k": 1}), ImageRegistry())
+        path = result.images[0].path
+        assert Path(path).parent == tmp_path / "eval_run" / "tool_images"
+        shown[override] = [line.strip() for line in result.text.splitlines() if "local_path:" in line]
+    assert shown[""] == [f"local_path: {Path(path).name}"]  # no "eval_run" for the copying heads to match
+    assert shown["full"] == [f"local_path: {path}"]
+
+
 def test_wise_offline_smoke_run_scores_both_protocols(world, tmp_path):
     cats = ["Cultural knowledge", "time", "Space", "Biology", "Physical Knowledge", "Chemistry"]
     rows = [{"Prompt": f"A poster about thing {i}", "Explanation": f"This refers to thing {i}, a sample",

@@ -238,6 +238,21 @@ def test_image_search_reuses_cached_files_without_downloading(tmp_path):
     assert backend.fetched == [] and len(result.images) == 2
 
 
+def test_image_search_shows_the_full_cached_path_or_only_its_file_name(tmp_path):
+    backend = CountingImages(good=10)
+    folder = tmp_path / "eval32_t0.6" / "tool_images"
+    full = ImageSearchTool(backend, backend, folder)({"query": "q", "top_k": 1}, ImageRegistry())
+    name = ImageSearchTool(backend, backend, folder, local_path="name")({"query": "q", "top_k": 1}, ImageRegistry())
+    path = full.images[0].path
+    assert Path(path).parent == folder and name.images[0].path == path  # the same file either way
+    assert f"  local_path: {path}\n" in full.text
+    assert f"  local_path: {Path(path).name}\n" in name.text and "eval32_t0.6" not in name.text
+    with pytest.raises(ValueError, match="local_path must be one of"):
+        ImageSearchTool(backend, backend, folder, local_path="relative")
+    with pytest.raises(ValueError, match="ToolsConfig.local_path must be one of"):
+        ToolsConfig(local_path="relative")
+
+
 def test_image_search_starts_no_download_after_its_time_budget(tmp_path):
     class Slow(CountingImages):
         def fetch(self, url):

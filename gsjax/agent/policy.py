@@ -2,8 +2,8 @@
 with, so that training, evaluation and `gsjax.generate` run it the same way.
 
 A policy folder is a Hugging Face checkpoint folder (`config.json`, safetensors, `tokenizer.json`)
-plus `agent.json`: the episode limits and prompt style (`AgentLimits`) and the sampling settings.
-Real checkpoints without `agent.json` load with the reference's defaults.
+plus `agent.json`: the episode limits and prompt style (`AgentLimits`), the sampling settings and
+how the tools' results were shown to it (`local_path`, `ToolsConfig.local_path`). Real checkpoints without `agent.json` load with the reference's defaults.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ class Policy:
     tokenizer: Tokenizer
     limits: AgentLimits = AgentLimits()
     sampling: SamplingParams = SamplingParams(temperature=0.7, top_p=0.95)  # the reference's rollout
+    local_path: str = "full"  # the image search's local_path as the policy was trained to read it
 
     def sampler(self, num_slots: int, cache_len: int, *, seed: int = 0, mesh: Mesh | None = None,
                 sampling: SamplingParams | None = None, **kwargs) -> Sampler:
@@ -63,7 +64,8 @@ def save_policy(policy: Policy, folder: str | Path) -> Path:
     save_model(policy.model, folder)
     if is_primary():
         policy.tokenizer.save(folder)
-        settings = {"limits": dataclasses.asdict(policy.limits), "sampling": dataclasses.asdict(policy.sampling)}
+        settings = {"limits": dataclasses.asdict(policy.limits), "sampling": dataclasses.asdict(policy.sampling),
+                    "tools": {"local_path": policy.local_path}}
         atomic_write(folder / AGENT_FILE, (json.dumps(settings, indent=2) + "\n").encode())
     barrier(f"save_policy {folder}")
     return folder
@@ -78,11 +80,35 @@ def load_policy(folder: str | Path, mesh: Mesh | None = None, *, progress: bool 
     file = folder / AGENT_FILE
     if not file.is_file():
         return Policy(model, tokenizer)
+    settings = _agent_settings(file)
     try:
-        settings = json.loads(file.read_text(encoding="utf-8"))
         limits = AgentLimits(**settings.get("limits", {}))
         sampling = SamplingParams(**settings.get("sampling", {}))
-    except (json.JSONDecodeError, TypeError, ValueError) as e:
+    except (TypeError, ValueError) as e:
         raise ValueError(f"{str(file)!r}: expected {{'limits': AgentLimits fields, 'sampling': SamplingParams "
                          f"fields}}: {e}") from e
-    return Policy(model, tokenizer, limits, sampling)
+    return Policy(model, tokenizer, limits, sampling, recorded_local_path(folder))
+
+
+def _agent_settings(file: Path) -> dict:
+    try:
+        settings = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{str(file)!r}: not valid JSON: {e}") from e
+    if not isinstance(settings, dict):
+        raise ValueError(f"{str(file)!r}: expected a JSON object, got {type(settings).__name__}")
+    return settings
+
+
+def recorded_local_path(folder: str | Path) -> str:
+    """How the policy in `folder` was shown the image search's local_path ("full" when its
+    agent.json does not say, as a real checkpoint's)."""
+    from gsjax.agent.tools.image_search import LOCAL_PATHS
+
+    file = Path(folder) / AGENT_FILE
+    if not file.is_file():
+        return "full"
+    value = _agent_settings(file).get("tools", {}).get("local_path", "full")
+    if value not in LOCAL_PATHS:
+        raise ValueError(f"{str(file)!r}: tools.local_path must be one of {LOCAL_PATHS}, got {value!r}")
+    return value

@@ -86,6 +86,7 @@ def run_name(cfg: ml_collections.ConfigDict) -> str:
 
 
 def _toolbox(cfg: ml_collections.ConfigDict, world: Path | None):
+    from gsjax.agent.policy import recorded_local_path
     from gsjax.agent.tools import ToolsConfig, build_toolbox
 
     values = cfg.tools.to_dict()
@@ -94,6 +95,8 @@ def _toolbox(cfg: ml_collections.ConfigDict, world: Path | None):
             raise ValueError("tools.backend='local' needs the offline world (data.world) or tools.world_dir")
         values["world_dir"] = str(world)
     values["image_dir"] = values.get("image_dir") or str(Path(cfg.workdir) / "tool_images")
+    if not values.get("local_path"):  # "": as the policy was trained to read it
+        values["local_path"] = recorded_local_path(cfg.agent.policy) if cfg.agent.backend == "policy" else "full"
     return build_toolbox(ToolsConfig.from_dict(values))
 
 

@@ -13,7 +13,7 @@ Observation (the reference agent's re-rendering):
     --- image search result for [<query>] ---
     IMG_001: title: <title>
       url: <image url>
-      local_path: <cache_dir/md5(url).jpg>
+      local_path: <cache_dir/md5(url).jpg>   (with local_path="name": <md5(url).jpg>)
       page_url: <page url>            (left out when the hit has none)
     --- end of image search result ---
 
@@ -38,12 +38,19 @@ FIRST_NUM = 10
 RETRY_NUM = 20
 
 
-def render_image_search(query: str, refs: list[ImageRef]) -> str:
+LOCAL_PATHS = ("full", "name")
+
+
+def render_image_search(query: str, refs: list[ImageRef], local_path: str = "full") -> str:
+    """`local_path` "full" shows each image's cached path as stored (the reference); "name" its file
+    name only, so that nothing of the work folder's name reaches the policy's context."""
+    if local_path not in LOCAL_PATHS:
+        raise ValueError(f"local_path must be one of {LOCAL_PATHS}, got {local_path!r}")
     lines = [f"--- image search result for [{query}] ---"]
     for ref in refs:
         lines.append(f"{ref.img_id}: title: {ref.title}")
         lines.append(f"  url: {ref.url}")
-        lines.append(f"  local_path: {ref.path}")
+        lines.append(f"  local_path: {ref.path if local_path == 'full' else Path(ref.path).name}")
         if ref.page_url:
             lines.append(f"  page_url: {ref.page_url}")
     lines.append("--- end of image search result ---")
@@ -62,9 +69,13 @@ class ImageSearchTool:
         max_images: int = 5,
         min_bytes: int = MIN_IMAGE_BYTES,
         time_budget_s: float = 120.0,
+        local_path: str = "full",
     ) -> None:
         if max_images < 1:
             raise ValueError(f"max_images must be >= 1, got {max_images}")
+        if local_path not in LOCAL_PATHS:
+            raise ValueError(f"local_path must be one of {LOCAL_PATHS}, got {local_path!r}")
+        self.local_path = local_path
         self.backend = backend
         self.fetcher = fetcher
         self.cache_dir = Path(cache_dir)
@@ -95,7 +106,7 @@ class ImageSearchTool:
             ref = registry.register(str(path), hit.image_url, hit.title, hit.page_url)
             if ref not in refs:
                 refs.append(ref)
-        return ToolResult(render_image_search(query, refs), images=refs)
+        return ToolResult(render_image_search(query, refs, self.local_path), images=refs)
 
     def _download(self, hits: list[ImageHit], want: int, tried: set[str],
                   stop_at: float) -> list[tuple[ImageHit, Path]]:

@@ -28,7 +28,7 @@ from typing import Any
 from gsjax.agent.tools.base import Tool, tool_error
 from gsjax.agent.tools.browse import BrowseTool
 from gsjax.agent.tools.http import HttpClient, HttpConfig, UrlPolicy
-from gsjax.agent.tools.image_search import ImageSearchTool
+from gsjax.agent.tools.image_search import LOCAL_PATHS, ImageSearchTool
 from gsjax.agent.tools.images import HttpImageFetcher
 from gsjax.agent.tools.readers import DirectReader, JinaReader
 from gsjax.agent.tools.search import SearchTool
@@ -130,6 +130,10 @@ class ToolsConfig:
     image_timeout_s: float = 30.0  # per download
     image_search_budget_s: float = 120.0  # no download starts later than this into a call
     max_images: int = 5  # images attached to one image_search result
+    # What image_search shows as each image's local_path: "full" (the cached file's path, as the
+    # reference) or "name" (its file name: the work folder's name stays out of the policy's context,
+    # docs/training.md, "Where the sampled episodes break").
+    local_path: str = "full"
     workers: int = 32  # tool calls running at once (the reference's pool has 128 threads)
     http: HttpConfig = HttpConfig()
 
@@ -138,6 +142,8 @@ class ToolsConfig:
             raise ValueError(f"ToolsConfig.backend must be 'local' or 'http', got {self.backend!r}")
         if self.reader not in ("jina", "direct"):
             raise ValueError(f"ToolsConfig.reader must be 'jina' or 'direct', got {self.reader!r}")
+        if self.local_path not in LOCAL_PATHS:
+            raise ValueError(f"ToolsConfig.local_path must be one of {LOCAL_PATHS}, got {self.local_path!r}")
         if self.summary_base and not self.summary_model:
             raise ValueError("ToolsConfig.summary_base is set but summary_model is empty")
 
@@ -192,7 +198,8 @@ def build_toolbox(config: ToolsConfig | None = None, corpus: Any = None) -> Tool
         index = WorldIndex(corpus)
         tools = [SearchTool(index), ImageSearchTool(index, WorldImageFetcher(corpus), image_dir,
                                                     max_images=config.max_images,
-                                                    time_budget_s=config.image_search_budget_s),
+                                                    time_budget_s=config.image_search_budget_s,
+                                                    local_path=config.local_path),
                  BrowseTool(WorldReader(corpus), summariser)]
     else:
         search = SerperSearch(client, config.search_base, config.search_key_env, cache=config.search_cache)
@@ -200,6 +207,7 @@ def build_toolbox(config: ToolsConfig | None = None, corpus: Any = None) -> Tool
                   else DirectReader(client))
         fetcher = HttpImageFetcher(client, deadline_s=config.image_timeout_s)
         tools = [SearchTool(search), ImageSearchTool(search, fetcher, image_dir, max_images=config.max_images,
-                                                     time_budget_s=config.image_search_budget_s),
+                                                     time_budget_s=config.image_search_budget_s,
+                                                     local_path=config.local_path),
                  BrowseTool(reader, summariser)]
     return ToolBox(tools, workers=config.workers, on_close=client.close)
