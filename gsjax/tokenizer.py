@@ -104,11 +104,14 @@ CHATML_TEMPLATE = r"""{%- set empty_think = add_empty_think if add_empty_think i
 
 @dataclasses.dataclass(frozen=True)
 class RenderedChat:
-    """A tokenised conversation: `loss_mask[i]` is 1 where token `ids[i]` is trained on."""
+    """A tokenised conversation: `loss_mask[i]` is 1 where token `ids[i]` is trained on;
+    `written[i]` is 1 where the assistant wrote it (trained on or not: a turn marked
+    `"train": False` is written, not trained on)."""
 
     ids: list[int]
     loss_mask: list[int]
     text: str
+    written: list[int] = dataclasses.field(default_factory=list)
 
 
 class Tokenizer:
@@ -287,7 +290,8 @@ class Tokenizer:
         `<think>\\n\\n</think>\\n\\n` in front, trained on (LLaMA-Factory's qwen3_vl template).
 
         Mask: 1 on assistant content and its `<|im_end|>\\n`; 0 on the `<|im_start|>assistant\\n`
-        header and on all system, user and tool tokens. The header and the content are tokenised
+        header and on all system, user and tool tokens, and on an assistant message whose
+        `"train"` is False (a mistake shown as context, e.g. before an expert's recovery). The header and the content are tokenised
         separately, as the sampler produces them (prompt, then generated tokens). Every other
         boundary is a control token, so `ids == encode(text)` except when an assistant content
         starts with whitespace holding a newline, which BPE would merge with the header's `\\n`.
@@ -295,10 +299,12 @@ class Tokenizer:
         segments = _chat_segments(messages, add_generation_prompt, image_pad_tokens, add_empty_think)
         ids: list[int] = []
         mask: list[int] = []
-        for (_, bit), seg_ids in zip(segments, self.encode_batch([text for text, _ in segments])):
+        written: list[int] = []
+        for (_, kind), seg_ids in zip(segments, self.encode_batch([text for text, _ in segments])):
             ids.extend(seg_ids)
-            mask.extend([bit] * len(seg_ids))
-        return RenderedChat(ids=ids, loss_mask=mask, text="".join(text for text, _ in segments))
+            mask.extend([int(kind == _TRAINED)] * len(seg_ids))
+            written.extend([int(kind != _READ)] * len(seg_ids))
+        return RenderedChat(ids=ids, loss_mask=mask, text="".join(text for text, _ in segments), written=written)
 
 
 def _token_content(value: object) -> str | None:
@@ -310,14 +316,18 @@ def _token_content(value: object) -> str | None:
     return None
 
 
+_READ, _TRAINED, _UNTRAINED = 0, 1, 2  # what the policy reads; writes and is trained on; writes only
+
+
 def _chat_segments(
     messages: Sequence[Mapping[str, str]],
     add_generation_prompt: bool,
     image_pad_tokens: int | Sequence[int],
     add_empty_think: bool,
 ) -> list[tuple[str, int]]:
-    """The conversation as (text, loss-mask bit) pieces; neighbouring pieces with the same bit
-    are joined, since the boundary between them is always a control token."""
+    """The conversation as (text, kind) pieces, kind one of _READ, _TRAINED, _UNTRAINED;
+    neighbouring pieces of the same kind are joined, since the boundary between them is always a
+    control token."""
     roles: list[str] = []
     for index, message in enumerate(messages):
         if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
@@ -364,15 +374,18 @@ def _chat_segments(
             opens = index == 0 or roles[index - 1] != "tool"
             closes = index == len(messages) - 1 or roles[index + 1] != "tool"
             text = "\n<tool_response>\n" + expand_images(content) + "\n</tool_response>"
-            emit(("<|im_start|>user" if opens else "") + text + ("<|im_end|>\n" if closes else ""), 0)
+            emit(("<|im_start|>user" if opens else "") + text + ("<|im_end|>\n" if closes else ""), _READ)
         elif role == "assistant":
             if add_empty_think and "<think>" not in content and "</think>" not in content:
                 content = EMPTY_THINK + content
-            emit("<|im_start|>assistant\n", 0)
-            emit(content + "<|im_end|>\n", 1)
+            train = message.get("train", True)
+            if not isinstance(train, bool):
+                raise TypeError(f"message {index} (assistant) 'train' must be a bool, got {train!r}")
+            emit("<|im_start|>assistant\n", _READ)
+            emit(content + "<|im_end|>\n", _TRAINED if train else _UNTRAINED)
         else:
             body = expand_images(content) if role == "user" else content
-            emit(f"<|im_start|>{role}\n{body}<|im_end|>\n", 0)
+            emit(f"<|im_start|>{role}\n{body}<|im_end|>\n", _READ)
     if add_generation_prompt:
-        emit("<|im_start|>assistant\n", 0)
+        emit("<|im_start|>assistant\n", _READ)
     return segments

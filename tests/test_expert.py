@@ -17,7 +17,7 @@ from gsjax.rewards.judge import WorldJudgeBackend
 from gsjax.world.build import build_world
 from gsjax.world.corpus import Corpus
 from gsjax.world.prompts import read_truth
-from gsjax.world.expert import is_correct, schedule, solve, solve_split, to_sft_example
+from gsjax.world.expert import Slip, is_correct, random_slip, schedule, solve, solve_split, to_sft_example
 from gsjax.world.serve import Fault, start_server
 
 TODAY = datetime.date(2026, 11, 23)
@@ -74,6 +74,70 @@ def test_trajectories_round_trip_through_sft_data(eval_results, tmp_path):
     assert all(a.startswith("<think>") for a in assistant)
     assert "<tool_call>" in assistant[0] and assistant[-1].split("</think>")[1].strip().startswith("<answer>")
     assert any(m.content.startswith("<image>") and "<tool_response>" in m.content for m in first.messages)
+
+
+@pytest.mark.parametrize("kind", ["query", "json"])
+def test_a_slip_is_one_untrained_mistaken_call_answered_by_the_tools_then_the_right_one(world, tmp_path, kind):
+    from gsjax.agent.protocol import AgentLimits
+
+    limits = AgentLimits(prompt="compact", max_rounds=9, max_answer_refs=4)
+    keys = [k for k in read_truth(world / "truth.json").values() if k.split == "eval" and k.hops][:12]
+    cfg = ToolsConfig(backend="local", world_dir=str(world), image_dir=str(tmp_path / "img"), extractive_sentences=2)
+    with build_toolbox(cfg) as toolbox:
+        for i, key in enumerate(keys):
+            at = i % len(schedule(key.steps))
+            clean = solve(key, toolbox.run, TODAY, limits, top_k=1, image_top_k=1)
+            slipped = solve(key, toolbox.run, TODAY, limits, top_k=1, image_top_k=1, slip=Slip(at, kind, seed=i))
+            assert is_correct(clean) and is_correct(slipped), (key.id, slipped.missing)
+            calls = [m for m in clean.episode.messages if m["role"] == "assistant"]
+            after = [m for m in slipped.episode.messages if m["role"] == "assistant"]
+            assert [m.get("train", True) for m in after] == [True] * at + [False] + [True] * (len(calls) - at)
+            wrong, right = after[at], after[at + 1]
+            assert right["content"] == calls[at]["content"] and wrong["content"] != right["content"]
+            # the mistake's thought is the right one; what the tools answered to it follows it
+            assert wrong["content"].split("</think>")[0] == right["content"].split("</think>")[0]
+            answer = slipped.episode.messages[slipped.episode.messages.index(wrong) + 1]["content"]
+            if kind == "json":
+                assert "[Tool Error]: the tool call is not valid JSON" in answer
+            else:
+                assert "[Tool Error]" not in answer and answer.startswith("<tool_response>")
+            example = to_sft_example(slipped.episode)
+            assert [m.train for m in example.messages if m.role == "assistant"] == [m.get("train", True) for m in after]
+    write_sft_data(tmp_path / "sft_data.json", [example])
+    back = read_sft_data(tmp_path / "sft_data.json")[0]
+    assert back == example and sum(not m.train for m in back.messages) == 1
+
+
+def test_random_slips_leave_a_round_for_the_answer(world):
+    import random
+
+    rng = random.Random(0)
+    keys = list(read_truth(world / "truth.json").values())
+    slips = [(k, random_slip(k, rng, max_rounds=9)) for k in keys]
+    assert all(s is None or s.at < len(schedule(k.steps)) for k, s in slips)
+    assert all(len(schedule(k.steps)) + 2 <= 9 for k, s in slips if s is not None)
+    kinds = [s.kind for _, s in slips if s is not None]
+    assert 0.1 < kinds.count("json") / len(kinds) < 0.4
+    assert all(random_slip(k, rng, max_rounds=len(schedule(k.steps)) + 1) is None for k in keys)
+    with pytest.raises(ValueError, match="Slip.kind must be one of"):
+        Slip(0, "typo")
+
+
+def test_expert_data_holds_recoveries_in_the_share_asked_for_the_same_on_every_build(world, tmp_path):
+    from gsjax.agent.protocol import AgentLimits
+    from gsjax.world.assets import ExpertSpec, expert_data_once
+
+    limits = AgentLimits(prompt="compact", max_rounds=9, max_answer_refs=4)
+    tools = ToolsConfig(backend="local", world_dir=str(world), image_dir=str(tmp_path / "img"), extractive_sentences=2)
+    built = {}
+    for name, share in (("a", 0.5), ("b", 0.5), ("none", 0.0)):
+        examples = expert_data_once(tmp_path / name / "sft_data.json", world, ExpertSpec(20, 1, 1, share), tools,
+                                    limits, TODAY)
+        built[name] = [sum(not m.train for m in e.messages) for e in examples]
+    assert len(built["a"]) == 20 and set(built["a"]) == {0, 1} and 5 <= sum(built["a"]) <= 15
+    assert built["a"] == built["b"] and built["none"] == [0] * 20
+    with pytest.raises(ValueError, match=r"data.expert.recoveries must be in \[0, 1\]"):
+        expert_data_once(tmp_path / "bad" / "sft_data.json", world, ExpertSpec(20, 1, 1, 1.5), tools, limits, TODAY)
 
 
 def test_expert_answers_earn_high_world_rewards(world, eval_results, capsys):

@@ -135,6 +135,8 @@ def test_malformed_rl_rows_name_file_row_and_field(tmp_path):
     (lambda r: r["messages"][1].pop("content"), "messages[1].content", "it is missing"),
     (lambda r: r.update(messages=[]), "messages", "a non-empty list"),
     (lambda r: r.update(images=[3]), "images[0]", "a non-empty path string"),
+    (lambda r: r["messages"][1].update(train=False), "messages[1].train", "false only on an assistant"),
+    (lambda r: r["messages"][2].update(train="no"), "messages[2].train", "true or false"),
 ])
 def test_malformed_sft_rows_name_file_row_and_field(tmp_path, mutate, field, expected):
     bad = _sft()

@@ -74,6 +74,25 @@ def test_context_weight_trains_on_what_the_policy_reads_except_images(data):
     assert encode(tok, example, max_len=10_000, context_weight=0.0).mask == own.mask
 
 
+def test_an_untrained_assistant_turn_weighs_0_even_with_context_weight(data):
+    import dataclasses
+
+    tok, examples = data
+    example = examples[0]
+    turn = next(i for i, m in enumerate(example.messages) if m.role == "assistant")
+    messages = list(example.messages)
+    messages[turn] = dataclasses.replace(messages[turn], train=False)
+    marked = dataclasses.replace(example, messages=tuple(messages))
+    own, off = encode(tok, example, max_len=10_000, context_weight=0.25), encode(tok, marked, max_len=10_000,
+                                                                                   context_weight=0.25)
+    assert off.ids == own.ids  # the same tokens: only what is learned from them changes
+    changed = [i for i, (a, b) in enumerate(zip(own.mask, off.mask)) if a != b]
+    assert tok.decode([off.ids[i] for i in changed]) == messages[turn].content + "<|im_end|>\n"
+    assert all(own.mask[i] == 1.0 and off.mask[i] == 0.0 for i in changed)
+    assert encode(tok, marked, max_len=10_000).mask == [m if i not in changed else 0.0
+                                                         for i, m in enumerate(encode(tok, example, max_len=10_000).mask)]
+
+
 def test_sft_loss_falls_on_expert_trajectories(data):
     tok, examples = data
     encoded = [encode(tok, e, max_len=1024) for e in examples]

@@ -107,6 +107,7 @@ class WiseItem:
 class Message:
     role: str  # system | user | assistant
     content: str
+    train: bool = True  # an assistant turn shown as context only (`"train": false` in the row)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -322,7 +323,10 @@ def _sft_row(path: Path, i: int, raw: Any, folder: Path) -> SFTExample:
         content = row.get("content", str, "a string", m, f"{name}.content")
         if role == "user":
             markers += content.count(IMAGE_MARKER)
-        messages.append(Message(role, content))
+        train = m.get("train", True)
+        if not isinstance(train, bool) or (not train and role != "assistant"):
+            row.fail(f"{name}.train", "true or false, and false only on an assistant message", train)
+        messages.append(Message(role, content, train))
     images_raw = row.get("images", list, "a list of image paths") if "images" in row.row else []
     for j, p in enumerate(images_raw):
         if not isinstance(p, str) or not p:
@@ -341,7 +345,8 @@ def read_sft_data(path: Path | str) -> list[SFTExample]:
 def sft_row(example: SFTExample, folder: Path | None = None) -> dict:
     """One example as a sharegpt row; image paths inside `folder` are written relative to it."""
     images = list(example.images) if folder is None else [_relative(p, folder) for p in example.images]
-    return {"messages": [{"role": m.role, "content": m.content} for m in example.messages], "images": images}
+    return {"messages": [{"role": m.role, "content": m.content} | ({} if m.train else {"train": False})
+                         for m in example.messages], "images": images}
 
 
 def parse_sft_row(path: Path | str, index: int, raw: Any) -> SFTExample:

@@ -61,14 +61,16 @@ def _image_runs(ids: Sequence[int], pad: int) -> list[tuple[int, int]]:
     return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
 
 
-def weigh_context(tok: Tokenizer, ids: Sequence[int], mask: Sequence[int], weight: float) -> list[float]:
+def weigh_context(tok: Tokenizer, ids: Sequence[int], mask: Sequence[int], written: Sequence[int],
+                  weight: float) -> list[float]:
     """The loss mask with every token the policy does not write (system, user, tool responses) at
     `weight` instead of 0, except the images' tokens (vision start / pads / end: nothing to learn).
-    Assistant tokens stay at 1."""
+    Trained assistant tokens stay at 1, and an untrained assistant turn (`written`, not in `mask`)
+    at 0."""
     if not weight:
         return [float(m) for m in mask]
     skip = {tok.token_to_id(t) for t in ("<|vision_start|>", IMAGE_PAD, "<|vision_end|>")}
-    return [1.0 if m else 0.0 if i in skip else float(weight) for i, m in zip(ids, mask)]
+    return [1.0 if m else 0.0 if w or i in skip else float(weight) for i, m, w in zip(ids, mask, written)]
 
 
 def encode(tok: Tokenizer, example: SFTExample, max_len: int, image_pad_tokens: int = 1,
@@ -83,11 +85,11 @@ def encode(tok: Tokenizer, example: SFTExample, max_len: int, image_pad_tokens: 
     spatial_merge_size), and the cut never splits an image: one that would fall inside an image
     (`<|vision_start|>`, its pads, `<|vision_end|>`) moves to just before it, and the images past
     the cut are dropped with their pixels."""
-    messages = [{"role": m.role, "content": m.content} for m in example.messages]
+    messages = [{"role": m.role, "content": m.content, "train": m.train} for m in example.messages]
     if images is None or not example.images:
         chat = tok.render_chat(messages, add_generation_prompt=False, image_pad_tokens=image_pad_tokens)
         return Encoded(chat.ids[:max_len], weigh_context(tok, chat.ids[:max_len], chat.loss_mask[:max_len],
-                                                         context_weight))
+                                                         chat.written[:max_len], context_weight))
     pixel_values, grids = images(example.images)
     grids = np.asarray(grids, np.int64).reshape(-1, 3)
     if len(grids) != len(example.images):
@@ -105,7 +107,7 @@ def encode(tok: Tokenizer, example: SFTExample, max_len: int, image_pad_tokens: 
             cut = min(cut, start - 1)
             break
         kept += 1
-    mask = weigh_context(tok, chat.ids[:cut], chat.loss_mask[:cut], context_weight)
+    mask = weigh_context(tok, chat.ids[:cut], chat.loss_mask[:cut], chat.written[:cut], context_weight)
     if kept == 0:
         return Encoded(chat.ids[:cut], mask)
     patches = int(np.prod(grids[:kept], axis=1).sum())

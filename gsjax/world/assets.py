@@ -18,6 +18,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import random
 from pathlib import Path
 
 from gsjax.agent.protocol import AgentLimits
@@ -36,7 +37,7 @@ from gsjax.fileio import atomic_write
 from gsjax.tokenizer import SPLITS, Tokenizer
 from gsjax.world.build import WorldPaths, build_world, load_world
 from gsjax.world.entities import KINDS
-from gsjax.world.expert import is_correct, solve, to_sft_example
+from gsjax.world.expert import is_correct, random_slip, solve, to_sft_example
 from gsjax.world.names import NameGenerator, name_replacer
 from gsjax.world.prompts import read_truth
 
@@ -58,6 +59,9 @@ class ExpertSpec:
     sft_prompts: int = 1000  # train prompts the expert solves for SFT; the rest are GRPO's
     top_k: int = 2  # what its search calls ask for
     image_top_k: int = 1  # what its image_search calls ask for
+    # The share of SFT prompts whose expert makes one mistaken tool call first (untrained context)
+    # and then the right one: recoveries from the states a sampled policy reaches (world/expert.py).
+    recoveries: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,11 +90,16 @@ def expert_data_once(path: Path, world_dir: Path, spec: ExpertSpec, tools: Tools
 
     keys = [k for k in read_truth(WorldPaths.at(world_dir).truth).values() if k.split == "train"]
     keys = keys[: spec.sft_prompts]
+    if not 0.0 <= spec.recoveries <= 1.0:
+        raise ValueError(f"data.expert.recoveries must be in [0, 1], got {spec.recoveries}")
+    rng = random.Random(0)  # the same slips for the same world, whatever the training seed
+    slips = [random_slip(k, rng, limits.max_rounds) if rng.random() < spec.recoveries else None for k in keys]
     with build_toolbox(tools) as toolbox:
-        results = [solve(k, toolbox.run, today, limits, spec.top_k, spec.image_top_k)
-                   for k in tqdm(keys, desc="expert trajectories")]
+        results = [solve(k, toolbox.run, today, limits, spec.top_k, spec.image_top_k, slip)
+                   for k, slip in tqdm(list(zip(keys, slips)), desc="expert trajectories")]
     solved = [r for r in results if is_correct(r)]
-    log.info("expert solved %d of %d SFT prompts", len(solved), len(results))
+    log.info("expert solved %d of %d SFT prompts (%d with a recovery)", len(solved), len(results),
+             sum(1 for r, slip in zip(results, slips) if slip is not None and is_correct(r)))
     examples = [to_sft_example(r.episode) for r in solved]
     write_sft_data(path, examples)
     return read_sft_data(path)  # as a later run will see it (paths resolved the same way)

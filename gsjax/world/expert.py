@@ -8,12 +8,18 @@ title names the subject. When the tools do not reveal something it needs, it ans
 has (and fails the item) instead of using hidden knowledge. Its episodes run through `Episode`, so
 they end in the same terminations and messages a policy's would, and they become sft_data.json
 examples (sharegpt) with the tool responses' image placeholders.
+
+With a `Slip`, the expert first makes one of the mistakes a sampled policy makes at one tool call
+(a query copied from the wrong span of what it has read, or a call cut off mid-JSON), reads what
+the tools really answer to it, and then makes the right call: a recovery to learn from. The
+mistaken turn is marked `"train": false`, context only.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import random
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -52,6 +58,49 @@ def _image_for(observation: str, name: str) -> str | None:
     return None
 
 
+SLIP_KINDS = ("query", "json")
+
+
+@dataclasses.dataclass(frozen=True)
+class Slip:
+    """A mistake before call `at` (0-based, of `schedule(key.steps)`): `kind` "query" sends a span
+    of 2-5 words of what the expert has read so far (the prompt, the tools' answers) as the call's
+    query; "json" cuts the call's JSON off. `seed` picks the span or the cut."""
+
+    at: int
+    kind: str
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in SLIP_KINDS:
+            raise ValueError(f"Slip.kind must be one of {SLIP_KINDS}, got {self.kind!r}")
+        if self.at < 0:
+            raise ValueError(f"Slip.at must be >= 0, got {self.at}")
+
+
+def random_slip(key: AnswerKey, rng: random.Random, max_rounds: int) -> Slip | None:
+    """One slip at a uniformly drawn call of the key's schedule, "query" three times in four; None
+    when the extra call would not leave a round for the answer."""
+    calls = len(schedule(key.steps))
+    if calls + 2 > max_rounds:
+        return None
+    return Slip(rng.randrange(calls), "json" if rng.random() < 0.25 else "query", rng.randrange(2**31))
+
+
+def _wrong_query(right: str, read: list[str], rng: random.Random) -> str:
+    """2-5 consecutive words of `read` sharing no word of 3 or more letters with `right`: the wrong
+    span a copying policy lands on, and one that does not find by chance what `right` finds."""
+    words = [w for text in read for w in re.findall(r"[\w'-]+", text)]
+    taboo = {w.lower() for w in re.findall(r"[\w'-]+", right) if len(w) >= 3}
+    for _ in range(50):
+        n = rng.randint(2, 5)
+        start = rng.randrange(max(1, len(words) - n + 1))
+        span = words[start:start + n]
+        if span and not taboo & {w.lower() for w in span}:
+            return " ".join(span)
+    return "the"
+
+
 class _Script:
     """Drives one Episode turn by turn, recording what the expert could not find."""
 
@@ -69,6 +118,32 @@ class _Script:
         self.episode.on_tool_result(result)
         self.read.append(result.text)
         return result.text
+
+    def slip(self, think: str, call: ToolCall, slip: Slip) -> None:
+        """The mistaken version of `call`, answered as the tools and the episode answer it, kept
+        in the conversation as untrained context."""
+        rng = random.Random(slip.seed)
+        if slip.kind == "json":
+            rendered = render_tool_call(call)
+            body = rendered[len("<tool_call>"):-len("</tool_call>")]
+            cut = rng.randint(len(body) // 2, len(body) - 3)
+            text = f"<think>{think}</think>\n<tool_call>{body[:cut]}</tool_call>"
+        else:
+            args = dict(call.arguments)
+            field = "queries" if call.name == "search" else "query"
+            right = args[field][0] if field == "queries" else args[field]
+            wrong = _wrong_query(right, [self.episode.messages[1]["content"], *self.read], rng)
+            args[field] = [wrong] if field == "queries" else wrong
+            text = f"<think>{think}</think>\n{render_tool_call(ToolCall(call.name, args))}"
+        index = len(self.episode.messages)
+        step = self.episode.on_assistant(text, "stop")
+        self.episode.messages[index]["train"] = False
+        if isinstance(step, RunTool):
+            result = self.run_tool(step.call, self.episode.registry)
+            self.episode.on_tool_result(result)
+            self.read.append(result.text)
+        elif isinstance(step, Done):
+            raise RuntimeError(f"expert's slip ended the episode: {step}")
 
     def seen(self, text: str) -> bool:
         return any(text.lower() in obs.lower() for obs in self.read)
@@ -97,16 +172,23 @@ def schedule(steps) -> list[list]:
 
 
 def solve(key: AnswerKey, run_tool: RunToolFn, today: datetime.date, limits: AgentLimits = AgentLimits(),
-          top_k: int = 5, image_top_k: int = 5) -> ExpertResult:
-    """One episode on `key`; `top_k` / `image_top_k` are what its search and image_search calls ask for."""
+          top_k: int = 5, image_top_k: int = 5, slip: Slip | None = None) -> ExpertResult:
+    """One episode on `key`; `top_k` / `image_top_k` are what its search and image_search calls ask
+    for; with `slip`, one mistaken call (untrained context) comes before the right one."""
     s = _Script(key, run_tool, today, limits)
     refs: list[AnswerRef] = []
-    for group in schedule(key.steps):
+
+    def call(i: int, think: str, tool_call: ToolCall) -> None:
+        if slip is not None and slip.at == i:
+            s.slip(think, tool_call, slip)
+        s.call(think, tool_call)
+
+    for i, group in enumerate(schedule(key.steps)):
         step = group[0]
         if step.tool == "search":
             queries = [g.query for g in group]
-            s.call(f"Search for {' and '.join(queries)}.",
-                   ToolCall("search", {"queries": queries, "top_k": top_k}))
+            call(i, f"Search for {' and '.join(queries)}.",
+                 ToolCall("search", {"queries": queries, "top_k": top_k}))
         elif step.tool == "browse":
             link = None
             for obs in reversed(s.read):
@@ -116,11 +198,11 @@ def solve(key: AnswerKey, run_tool: RunToolFn, today: datetime.date, limits: Age
             if link is None:
                 s.missing.append(f"no search result linked to {step.url}")
                 continue
-            s.call("Read the page that should answer this.",
-                   ToolCall("browse", {"url": link, "query": step.query}))
+            call(i, "Read the page that should answer this.",
+                 ToolCall("browse", {"url": link, "query": step.query}))
         elif step.tool == "image_search":
-            s.call(f"Find a photo of {step.query}.",
-                   ToolCall("image_search", {"query": step.query, "top_k": image_top_k}))
+            call(i, f"Find a photo of {step.query}.",
+                 ToolCall("image_search", {"query": step.query, "top_k": image_top_k}))
             subject = next(n for n in key.names if n.lower() in step.query.lower())
             img_id = _image_for(s.read[-1], subject)
             if img_id is None:
@@ -187,7 +269,7 @@ def to_sft_example(episode: Episode) -> SFTExample:
     images: list[str] = []
     for m in episode.messages:
         images.extend(m.get("images") or [])
-        messages.append(Message(m["role"], message_text(m)))
+        messages.append(Message(m["role"], message_text(m), m.get("train", True)))
     return SFTExample(tuple(messages), tuple(images))
 
 
