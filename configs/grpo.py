@@ -130,8 +130,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         # step 0"): hand-set previous-token and induction heads, slow rotary pairs to match on, a name
         # the same tokens wherever it is written, SFT also on the tools' text, and GRPO at lr 1e-4
         # (at the default 5e-4 it stopped answering for good by step 14).
-        # No underscore: tool responses show image paths under the workdir, and this policy copies
-        # "IMG" "_" "001" by matching "_" (docs/training.md, "Where the sampled episodes break").
+        # No underscore in the workdir: with local_path "full" tool responses show image paths under
+        # it, and this policy copies "IMG" "_" "001" by matching "_" (docs/training.md, "Where the
+        # sampled episodes break"); local_path "name" below keeps the folder out of them.
         c.workdir = "runs/copyheads"
         c.model.tiny_init = "copy_heads"
         c.model.tiny.num_layers = 4  # 2 more layers past the circuit's two: the right names in sampled answers
@@ -139,6 +140,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         c.data.tokenizer_split = "capitalised"
         c.sft.context_weight = 1.0
         c.tools.local_path = "name"  # no work folder in what the policy reads; recorded in its agent.json
+        c.data.expert.recoveries = 0.5  # half the trajectories show a mistaken call, then the right one
         c.rl.lr = 1e-4
     elif preset in ("qwen3_8b", "qwen3vl_8b"):
         # The reference's recipe (reference-spec.md section 5) at Qwen3-8B, or at Qwen3-VL-8B (the

@@ -140,6 +140,21 @@ def test_expert_data_holds_recoveries_in_the_share_asked_for_the_same_on_every_b
         expert_data_once(tmp_path / "bad" / "sft_data.json", world, ExpertSpec(20, 1, 1, 1.5), tools, limits, TODAY)
 
 
+def test_an_image_search_query_is_the_phrase_its_thought_quotes(eval_results):
+    import json
+    import re
+
+    pairs = []
+    for r in eval_results:
+        for m in r.episode.messages:
+            if m["role"] == "assistant" and '"image_search"' in m["content"]:
+                thought = re.fullmatch(r'<think>Find a photo of "(.+)"\.</think>', m["content"].split("\n")[0])
+                call = json.loads(m["content"].split("<tool_call>")[1].split("</tool_call>")[0])
+                pairs.append((thought and thought.group(1), call["arguments"]["query"]))
+    assert len(pairs) >= len(eval_results)
+    assert all(quoted == query for quoted, query in pairs), pairs[:3]  # the query opens after ' "' in both
+
+
 def test_expert_answers_earn_high_world_rewards(world, eval_results, capsys):
     computer = RewardComputer(WorldGenerator(world), WorldJudgeBackend(world), world / "generated")
     inputs = [RewardInput(r.key.id, r.key.prompt, str(world / r.key.gt_image), r.episode.termination,

@@ -201,7 +201,7 @@ def solve(key: AnswerKey, run_tool: RunToolFn, today: datetime.date, limits: Age
             call(i, "Read the page that should answer this.",
                  ToolCall("browse", {"url": link, "query": step.query}))
         elif step.tool == "image_search":
-            call(i, f"Find a photo of {step.query}.",
+            call(i, f"Find a photo of \"{step.query}\".",
                  ToolCall("image_search", {"query": step.query, "top_k": image_top_k}))
             subject = next(n for n in key.names if n.lower() in step.query.lower())
             img_id = _image_for(s.read[-1], subject)
