@@ -125,7 +125,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         c.data.world_size.image_only_share = 1.0
         c.model.tiny_vision.enabled = True
         c.agent.limits.max_pixels = 96 * 96
-    elif preset == "copy_heads":
+    elif preset in ("copy_heads", "cpu_long"):
         # The tiny policy that copies what the tools return (docs/training.md, "A copying circuit at
         # step 0"): hand-set previous-token and induction heads, slow rotary pairs to match on, a name
         # the same tokens wherever it is written, SFT also on the tools' text, and GRPO at lr 1e-4
@@ -142,6 +142,11 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         c.tools.local_path = "name"  # no work folder in what the policy reads; recorded in its agent.json
         c.data.expert.recoveries = 0.5  # half the trajectories show a mistaken call, then the right one
         c.rl.lr = 1e-4
+        if preset == "cpu_long":
+            # The same recipe for 80 GRPO steps (about 75 minutes on 2 cores): where the curve goes
+            # past the default's 30, and whether it collapses (docs/training.md, "A longer run").
+            c.workdir = "runs/cpulong"
+            c.rl.steps = 80
     elif preset in ("qwen3_8b", "qwen3vl_8b"):
         # The reference's recipe (reference-spec.md section 5) at Qwen3-8B, or at Qwen3-VL-8B (the
         # paper's policy, seeing the tools' images); `python -m gsjax.plan
@@ -176,5 +181,5 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         c.reward.update(generator="http", judge="openai")
         c.eval.update(prompts=630, temperature=0.6, top_p=0.9, num_slots=16)
     else:
-        raise ValueError(f"unknown preset {preset!r} for configs/grpo.py; expected default, test, image_only, copy_heads, qwen3_8b or qwen3vl_8b")
+        raise ValueError(f"unknown preset {preset!r} for configs/grpo.py; expected default, test, image_only, copy_heads, cpu_long, qwen3_8b or qwen3vl_8b")
     return c

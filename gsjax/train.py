@@ -72,7 +72,7 @@ log = logging.getLogger("gsjax.train")
 
 STEP_LINE = {"reward": "reward", "image_reward": "img", "text_reward": "txt", "advantage_abs_mean": "|adv|",
              "clip_frac": "clip", "mismatch_abs": "mismatch", "tool_calls": "tools/traj", "answered": "answered",
-             "failed": "failed", "loss": "loss", "sample_tokens_per_s": "sample tok/s",
+             "entropy": "entropy", "response_tokens": "written", "failed": "failed", "loss": "loss", "sample_tokens_per_s": "sample tok/s",
              "train_tokens_per_s": "train tok/s"}
 
 
@@ -363,18 +363,29 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
             policies["grpo"] = grpo_phase(cfg, workdir, policy, data.rl, toolbox, rewards, today, mlog, mesh)
         results = eval_phase(cfg, workdir, policies, data.heldout, toolbox, today, mesh) if data.heldout else {}
     mlog.close()
-    grpo = sorted((r["step"], r["reward"]) for r in metrics_lib.read(mlog.path) if r["phase"] == "grpo")
+    grpo = sorted((r for r in metrics_lib.read(mlog.path) if r["phase"] == "grpo"), key=lambda r: r["step"])
+    curve = {k: [r.get(k) for r in grpo] for k in GRPO_CURVE}
     summary = {"heldout": results, "heldout_prompts": len(data.heldout), "seed": cfg.seed,
-               "grpo_reward_by_step": [v for _, v in grpo],
+               "grpo_reward_by_step": curve["reward"], "grpo_by_step": curve,
                "minutes": (time.perf_counter() - start) / 60}
     if primary:
         if grpo:
-            metrics_lib.plot({"GRPO training reward": grpo}, workdir / "grpo_curve.png",
-                             "mean reward of each GRPO step's rollouts")
+            def series(key):
+                return [(r["step"], r[key]) for r in grpo if key in r]
+            metrics_lib.plot({"training reward": series("reward"), "text reward (answered)": series("text_reward"),
+                              "answered fraction": series("answered")}, workdir / "grpo_curve.png",
+                             "each GRPO step's rollouts")
+            if series("entropy"):
+                metrics_lib.plot({"entropy, nats per written token": series("entropy")},
+                                 workdir / "grpo_entropy.png", "the policy's entropy in each GRPO step's rollouts")
         atomic_write(workdir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
         print(format_summary(summary))
     barrier("end of run")
     return summary
+
+
+# The per-step GRPO figures summary.json keeps (the learning curve; docs/training.md).
+GRPO_CURVE = ("reward", "text_reward", "answered", "entropy", "response_tokens", "tool_calls")
 
 
 def format_summary(summary: dict) -> str:

@@ -98,3 +98,12 @@ def test_the_copy_heads_preset_builds_a_policy_that_copies_at_step_0():
     model = tiny_model(cfg, types.SimpleNamespace(vocab_size=cfg.model.tiny.vocab_size))
     ids, mask = repeated_spans(np.random.default_rng(0), 4, 192, 512, 40, spans=(4, 16))
     assert copy_probability(model, ids, mask) > 0.4
+
+
+def test_the_cpu_long_preset_is_the_copy_heads_recipe_for_more_grpo_steps():
+    from gsjax.config import load
+
+    short, long = load("configs/grpo.py:copy_heads").to_dict(), load("configs/grpo.py:cpu_long").to_dict()
+    assert long["rl"].pop("steps") > short["rl"].pop("steps")
+    assert (long.pop("workdir"), short.pop("workdir")) == ("runs/cpulong", "runs/copyheads")
+    assert long == short

@@ -201,8 +201,9 @@ def _same_steps(a: list[dict], b: list[dict]) -> None:
     for x, y in zip(a, b):
         assert y["loss"] == pytest.approx(x["loss"], abs=1e-5), (x["phase"], x["step"])
         if x["phase"] == "grpo":
-            for key in ("reward", "traj_tokens", "tool_calls", "answered", "grad_norm"):
+            for key in ("reward", "traj_tokens", "tool_calls", "answered", "grad_norm", "response_tokens"):
                 assert y[key] == pytest.approx(x[key], abs=1e-5, rel=1e-5), (x["step"], key)
+            assert y["entropy"] == pytest.approx(x["entropy"], abs=1e-4), x["step"]  # sampler log-probs, two meshes
 
 
 @pytest.mark.slow
@@ -226,6 +227,12 @@ def test_two_processes_train_as_one_call_each_tool_once_and_resume_exactly_after
         assert len({(r["phase"], r["step"]) for r in part}) == len(part)
     assert one["hits"] > 0  # the policy did call the tools
     assert two["hits"] == one["hits"]  # each call once, on the process that made it
+    curve = one["summary"]["grpo_by_step"]  # the learning curve: each step's figures, as metrics.jsonl has them
+    grpo_steps = [r for r in steps if r["phase"] == "grpo"]
+    for key in ("reward", "text_reward", "answered", "entropy", "response_tokens"):
+        assert curve[key] == [r[key] for r in grpo_steps], key
+    assert all(e > 0 for e in curve["entropy"]) and all(n > 0 for n in curve["response_tokens"])
+    assert (base / "one" / "grpo_curve.png").is_file() and (base / "one" / "grpo_entropy.png").is_file()
     assert set(one["summary"]["heldout"]) == {"no_search", "sft", "grpo"}
     for name, m in one["summary"]["heldout"].items():
         for key in ("reward", "traj_tokens", "tool_calls"):

@@ -61,3 +61,24 @@ def test_a_config_key_that_does_not_exist_names_the_nearest_valid_keys():
     assert proc.returncode != 0
     assert "no key 'rl.grup_size'" in proc.stderr and "rl.group_size" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_step_summary_reports_the_policy_entropy_and_response_length():
+    """`entropy` is the mean -log p of the tokens the sampler drew (the policy's own turns only, not
+    the prompt or tool tokens around them) and `response_tokens` how many it drew per episode."""
+    from gsjax.agent.episode import Termination
+    from gsjax.agent.rollout import Task, Trajectory
+    from gsjax.rewards.compute import ScoredEpisode
+    from gsjax.rewards.score import scored
+    from gsjax.rl.loop import episode_stats, summarize
+
+    def traj(sampled, logprobs):
+        return Trajectory(Task("p", "q"), list(range(len(sampled))), list(sampled), list(sampled), list(logprobs),
+                          [], [], [], Termination.ANSWER, None, 1, 0)
+
+    trajs = [traj([0, 0, 1, 1, 0], [0.0, 0.0, -1.0, -3.0, 0.0]),  # prompt, two drawn tokens, a tool token
+             traj([0, 1, 1, 1, 1], [0.0, -0.5, -0.5, -0.5, -0.5])]
+    summary = summarize(episode_stats(trajs, [ScoredEpisode(scored(0.5, 0.5))] * 2))
+    assert summary["response_tokens"] == 3.0  # (2 + 4) / 2 episodes
+    assert abs(summary["entropy"] - (1.0 + 3.0 + 4 * 0.5) / 6) < 1e-9  # per drawn token, pooled
+    assert summary["traj_tokens"] == 5.0

@@ -46,7 +46,7 @@ def score(rewards: RewardComputer, prompts: Sequence[Prompt], trajs: Sequence[Tr
 
 # One row of numbers per episode: what the step and evaluation summaries are made of.
 EPISODE_STATS = ("reward", "failed", "zero_by_rule", "image_part", "has_image", "text_part", "has_text", "answered",
-                 "tool_calls", "tool_errors", "traj_tokens", "sampled_tokens")
+                 "tool_calls", "tool_errors", "traj_tokens", "sampled_tokens", "sampled_nll")
 
 
 def episode_stats(trajs: Sequence[Trajectory], scored: Sequence[ScoredEpisode]) -> np.ndarray:
@@ -56,7 +56,8 @@ def episode_stats(trajs: Sequence[Trajectory], scored: Sequence[ScoredEpisode]) 
         r = s.result
         rows.append([r.reward, r.status is RewardStatus.FAILED, r.status is RewardStatus.ZERO_BY_RULE,
                      r.image_part or 0.0, r.image_part is not None, r.text_part or 0.0, r.text_part is not None,
-                     t.termination is Termination.ANSWER, t.tool_calls, t.tool_errors, len(t.tokens), sum(t.sampled)])
+                     t.termination is Termination.ANSWER, t.tool_calls, t.tool_errors, len(t.tokens), sum(t.sampled),
+                     -sum(lp for lp, s_ in zip(t.logprobs, t.sampled) if s_)])
     return np.asarray(rows, np.float64).reshape(len(rows), len(EPISODE_STATS))
 
 
@@ -81,6 +82,10 @@ def summarize(stats: np.ndarray) -> dict[str, float]:
         "tool_calls": mean(col["tool_calls"]),
         "tool_errors": mean(col["tool_errors"]),
         "traj_tokens": mean(col["traj_tokens"]),
+        "response_tokens": mean(col["sampled_tokens"]),  # what the policy wrote, per episode
+        # The policy's entropy per written token, as the mean -log p of the tokens it drew (the
+        # Monte-Carlo estimate of the entropy of the distribution they were drawn from).
+        "entropy": float(col["sampled_nll"].sum() / max(col["sampled_tokens"].sum(), 1.0)),
     }
 
 
