@@ -155,6 +155,24 @@ def test_an_image_search_query_is_the_phrase_its_thought_quotes(eval_results):
     assert all(quoted == query for quoted, query in pairs), pairs[:3]  # the query opens after ' "' in both
 
 
+def test_the_final_thought_quotes_the_text_the_answer_writes(eval_results):
+    import re
+
+    with_text = without = 0
+    for r in eval_results:
+        final = r.episode.messages[-1]["content"]
+        thought = re.fullmatch(r"<think>(.*)</think>", final.split("\n")[0]).group(1)
+        if r.key.text:
+            with_text += 1
+            quoted = re.fullmatch(r'I have the subject, its looks and the text "(.+)"\.', thought).group(1)
+            assert quoted.upper() == r.key.text  # a name is quoted as the pages write it, a motto as it is
+            assert f'the text \\"{quoted}\\"' in final  # the answer's text is the same characters
+        else:
+            without += 1
+            assert thought == "I have the subject, its looks."
+    assert with_text >= 30 and without >= 30
+
+
 def test_expert_answers_earn_high_world_rewards(world, eval_results, capsys):
     computer = RewardComputer(WorldGenerator(world), WorldJudgeBackend(world), world / "generated")
     inputs = [RewardInput(r.key.id, r.key.prompt, str(world / r.key.gt_image), r.episode.termination,

@@ -222,11 +222,19 @@ def solve(key: AnswerKey, run_tool: RunToolFn, today: datetime.date, limits: Age
         s.missing.append(f"text {key.text!r} never read")
 
     answer = Answer(_ordered_prompt(key, refs) if refs else "", tuple(sorted(refs, key=lambda r: r.img_id)))
-    think = "I have the subject, its looks" + (" and the text." if key.text else ".")
+    think = "I have the subject, its looks" + (f" and the text \"{_written_text(answer)}\"." if key.text else ".")
     final = s.episode.on_assistant(f"<think>{think}</think>\n{render_answer(answer)}", "stop")
     if not isinstance(final, Done):  # an answer is never a tool error; kept total all the same
         s.episode.abort(Termination.NO_ANSWER)
     return ExpertResult(key, s.episode, not s.missing, s.missing)
+
+
+def _written_text(answer: Answer) -> str:
+    """The text the answer has the picture show, as it quotes it: the final thought quotes it too, so
+    the answer's text is a copy of the nearest quote before it (a copying policy otherwise left the
+    sentence out)."""
+    m = re.search(r'the text "([^"]*)"', answer.gen_prompt)
+    return m.group(1) if m else ""
 
 
 def _ordered_prompt(key: AnswerKey, refs: list[AnswerRef]) -> str:
