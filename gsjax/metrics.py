@@ -4,8 +4,11 @@ and the README's curve read), TensorBoard scalars, and a one-line summary for th
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 class MetricsLog:
@@ -19,6 +22,7 @@ class MetricsLog:
         from tensorboardX import SummaryWriter
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _cut_torn_tail(self.path)
         self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
 
     def write(self, phase: str, step: int, metrics: dict[str, float]) -> None:
@@ -36,17 +40,36 @@ class MetricsLog:
             self._tb.close()
 
 
+def _cut_torn_tail(path: Path) -> None:
+    """A run killed in the middle of a write leaves a last line without its newline: cut it off
+    before appending, so the next record starts a line of its own. Nothing is lost: a step's record
+    is written before its checkpoint, so a step whose record was torn is redone."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        log.warning("%s: cutting a torn last line (%d bytes) left by an interrupted write", path, len(data) - keep)
+        with path.open("r+b") as f:
+            f.truncate(keep)
+
+
 def read(path: Path | str) -> list[dict]:
     """Every record of a metrics.jsonl; for a step logged twice (a resumed run redoes the steps
-    after its last checkpoint), the last record wins."""
+    after its last checkpoint), the last record wins. A line that is not a whole record (torn by a
+    kill mid-write) is skipped with a warning naming it."""
     path = Path(path)
     if not path.is_file():
         return []
     latest: dict[tuple[str, int], dict] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
             rec = json.loads(line)
             latest[(rec["phase"], rec["step"])] = rec
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            log.warning("%s line %d: not a whole metrics record, skipped (%s): %.80s", path, number, e, line)
     return list(latest.values())
 
 

@@ -82,3 +82,21 @@ def test_step_summary_reports_the_policy_entropy_and_response_length():
     assert summary["response_tokens"] == 3.0  # (2 + 4) / 2 episodes
     assert abs(summary["entropy"] - (1.0 + 3.0 + 4 * 0.5) / 6) < 1e-9  # per drawn token, pooled
     assert summary["traj_tokens"] == 5.0
+
+
+def test_a_torn_last_metrics_line_is_skipped_when_read_and_cut_before_the_next_write(tmp_path, caplog):
+    from gsjax import metrics as metrics_lib
+
+    log = metrics_lib.MetricsLog(tmp_path)
+    log.write("grpo", 1, {"reward": 0.5})
+    log.close()
+    with (tmp_path / "metrics.jsonl").open("a") as f:
+        f.write('{"phase": "grpo", "step": 2, "rew')  # a kill in the middle of step 2's write
+    with caplog.at_level("WARNING"):
+        assert metrics_lib.read(tmp_path / "metrics.jsonl") == [{"phase": "grpo", "step": 1, "reward": 0.5}]
+    assert "metrics.jsonl line 2: not a whole metrics record" in caplog.text
+    log = metrics_lib.MetricsLog(tmp_path)  # the rerun: the torn tail goes, step 2 is redone on a line of its own
+    log.write("grpo", 2, {"reward": 0.25})
+    log.close()
+    assert (tmp_path / "metrics.jsonl").read_text().splitlines()[1] == '{"phase": "grpo", "step": 2, "reward": 0.25}'
+    assert [r["reward"] for r in metrics_lib.read(tmp_path / "metrics.jsonl")] == [0.5, 0.25]
