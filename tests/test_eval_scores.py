@@ -59,6 +59,8 @@ def test_kscore_fixture_of_reference_judge_outputs_with_text_na_failures_and_mix
     assert (sci.n, sci.n_text, sci.F, sci.V, sci.T, sci.A, sci.overall) == (4, 2, 0.5, 0.5, 0.75, 0.75, 0.625)
     assert (pop.n, pop.n_text, pop.F, pop.V, pop.T, pop.A, pop.overall) == (3, 1, 0.5, 0.5, 0.0, 0.6667, 0.3167)
     assert k.k_score == 0.4708 and (k.n_items, k.n_failed) == (8, 1)
+    # The reference's overall_avg per dimension: each the mean of the two groups' (0.625 + 0.3167) / 2 is the K-Score.
+    assert k.dimensions == {"F": 0.5, "V": 0.5, "T": 0.375, "A": round((0.75 + 0.6667) / 2, 4)}
     assert sorted(k.categories) == ["astronomy", "film", "history", "medicine", "multi-subject-anime", "news", "sports"]
     strict = kscore(items, strict=True).groups["pop_culture_and_news"]  # the failure as (0, 0, 0, 0) needing text
     assert (strict.n, strict.n_text, strict.F, strict.V, strict.T, strict.A) == (4, 2, 0.375, 0.375, 0.0, 0.5)
@@ -77,6 +79,7 @@ def test_an_empty_group_reports_zero_and_still_halves_the_kscore():
     k = kscore(POP)
     assert k.groups["science_and_knowledge"].overall == 0.0 and k.groups["science_and_knowledge"].n == 0
     assert k.k_score == POP_OVERALL / 2
+    assert k.dimensions == {"F": 0.5, "V": 0.5, "T": 0.25, "A": 0.5}  # the empty group's 0.0 (not T's 0.5) halves each
     assert kscore([]).k_score == 0.0
 
 

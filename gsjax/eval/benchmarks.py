@@ -110,14 +110,16 @@ def _f(x: float | None, width: int = 7) -> str:
 
 
 def knowgen_table(summaries: dict[str, dict[str, Any]]) -> str:
-    """One row per run: K-Score both ways, the groups, failures, answered fraction, tool calls."""
-    lines = [f"{'run':<24}{'K-Score':>9}{'strict':>9}{'science':>9}{'pop cult':>9}{'items':>7}{'failed':>7}"
-             f"{'answered':>9}{'tools':>7}"]
+    """One row per run: K-Score both ways, the groups, the reference's F / V / T / A averages (failures
+    left out), failures, answered fraction, tool calls."""
+    lines = [f"{'run':<24}{'K-Score':>9}{'strict':>9}{'science':>9}{'pop cult':>9}{'F':>8}{'V':>8}{'T':>8}{'A':>8}"
+             f"{'items':>7}{'failed':>7}{'answered':>9}{'tools':>7}"]
     for name, s in summaries.items():
-        g = s["reference"]["groups"]
+        g, d = s["reference"]["groups"], s["reference"]["dimensions"]
         lines.append(f"{name:<24}{_f(s['k_score'], 9)}{_f(s['k_score_strict'], 9)}"
-                     f"{_f(g[GROUPS[0]]['overall'], 9)}{_f(g[GROUPS[1]]['overall'], 9)}{s['items']:>7}"
-                     f"{s['failed']:>7}{_f(s['answered'], 9)}{_f(s['tool_calls'], 7)}")
+                     f"{_f(g[GROUPS[0]]['overall'], 9)}{_f(g[GROUPS[1]]['overall'], 9)}"
+                     + "".join(_f(d[k], 8) for k in "FVTA")
+                     + f"{s['items']:>7}{s['failed']:>7}{_f(s['answered'], 9)}{_f(s['tool_calls'], 7)}")
     return "\n".join(lines)
 
 

@@ -9,7 +9,9 @@ The reference's aggregation (reference-spec.md sections 8 and 10, `KnowGen_Eval/
   group needs text; the group's overall is 0.1 F + 0.4 V + 0.4 T + 0.1 A of those rounded means;
   a group with no scored item reports 0.0 for everything; the overall is rounded to 4 decimals;
 - K-Score (`overall_avg`) = the unweighted mean of the two groups' overalls, rounded to 4
-  decimals, even when one group is empty; difficulty is not used.
+  decimals, even when one group is empty; difficulty is not used. The reference's `overall_avg`
+  also holds F, V, T and A, each the mean of the two groups' values rounded to 4 decimals
+  (`KScore.dimensions`).
 
 Failures (generation failed, judge failed, ground truth missing) are left out by the reference
 (`strict=False`). `strict=True` counts each failure as an item scoring 0 on F, V and A that needs
@@ -55,6 +57,7 @@ class GroupScore:
 @dataclasses.dataclass(frozen=True)
 class KScore:
     k_score: float  # the reference's overall_avg
+    dimensions: dict[str, float]  # F, V, T, A of overall_avg: each the mean of the two groups'
     groups: dict[str, GroupScore]  # both groups, always
     categories: dict[str, GroupScore]  # categories seen (lower case), in sorted order
     n_items: int
@@ -98,7 +101,8 @@ def kscore(items: Iterable[ItemScore], strict: bool = False) -> KScore:
     groups = {g: group_score(s) for g, s in by_group.items()}
     categories = {c: group_score(by_category[c]) for c in sorted(by_category)}
     k = round(sum(g.overall for g in groups.values()) / len(GROUPS), DECIMALS)
-    return KScore(k, groups, categories, n_items, n_failed, strict)
+    dims = {d: round(sum(getattr(g, d) for g in groups.values()) / len(GROUPS), DECIMALS) for d in WEIGHTS}
+    return KScore(k, dims, groups, categories, n_items, n_failed, strict)
 
 
 def to_dict(score: KScore) -> dict:
