@@ -100,6 +100,11 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         steps=30, prompts_per_step=8, group_size=4, lr=5e-4, weight_decay=0.01, clip_norm=1.0,
         temperature=1.0, top_p=1.0, top_k=0, clip_low=0.2, clip_high=0.28, dual_clip=3.0, kl_coef=0.0,
         loss_agg="seq-mean-token-sum", normalize_std=True, drop_degenerate_groups=False, mismatch_cap=0.0,
+        # Which episodes leave the group statistics or the update (gsjax/rl/grpo.py, docs/training.md):
+        # "failures_out" (gsjax's rule: infrastructure failures out before the advantages), "reference"
+        # (rllm's compact filtering as the reference runs it: unknown, error, overlong and repeated
+        # episodes and every one with reward <= 0 leave the update after the advantages), or a list.
+        filtering="failures_out",
         num_slots=32, cache_len=1024, micro_batch_tokens=0, vocab_chunk=0, checkpoint_every=5, keep_checkpoints=2,
         train_vision=True))  # the reference's RL trains the whole model (verl freeze_vision_tower: false)
 
@@ -170,7 +175,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
                               images_per_response=5, max_pixels=160_000)
         c.tools.update(backend="http", extractive_sentences=0, workers=128)
         c.sft.steps = 0  # start from an SFT checkpoint (model.path)
-        c.rl.update(steps=300, prompts_per_step=8, group_size=6, lr=1e-6, weight_decay=0.01, clip_low=0.2,
+        c.rl.update(steps=300, prompts_per_step=8, group_size=6, lr=1e-6, weight_decay=0.01, clip_low=0.2, filtering="reference",
                     clip_high=0.28, dual_clip=3.0, kl_coef=0.0, loss_agg="seq-mean-token-sum",
                     temperature=0.7, top_p=0.95, top_k=0,
                     # 16 conversations per process at once, each up to 36,864 tokens (v5p-16 has 2 hosts:

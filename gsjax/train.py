@@ -60,7 +60,7 @@ from gsjax.models.qwen3_vl import Qwen3VL, Qwen3VLConfig
 from gsjax.models.qwen3_vl_vision import VisionConfig
 from gsjax.parallel import barrier, initialize_distributed, is_primary, make_mesh, process_mesh, process_share, shard_module
 from gsjax.rewards.backends import build_rewards
-from gsjax.rl.grpo import LossConfig
+from gsjax.rl.grpo import LossConfig, parse_filtering
 from gsjax.rl.loop import GRPOLoop, Prompt, evaluate
 from gsjax.rl.trainer import GRPOConfig, GRPOTrainer
 from gsjax.sampling import SamplingParams
@@ -72,7 +72,7 @@ log = logging.getLogger("gsjax.train")
 
 STEP_LINE = {"reward": "reward", "image_reward": "img", "text_reward": "txt", "advantage_abs_mean": "|adv|",
              "clip_frac": "clip", "mismatch_abs": "mismatch", "tool_calls": "tools/traj", "answered": "answered",
-             "entropy": "entropy", "response_tokens": "written", "failed": "failed", "loss": "loss", "sample_tokens_per_s": "sample tok/s",
+             "entropy": "entropy", "response_tokens": "written", "failed": "failed", "update_samples": "trained", "loss": "loss", "sample_tokens_per_s": "sample tok/s",
              "train_tokens_per_s": "train tok/s"}
 
 
@@ -281,7 +281,8 @@ def grpo_phase(cfg: ml_collections.ConfigDict, workdir: Path, policy: Policy, pr
     graphdef, state = nnx.split(policy.model)
     trainer = GRPOTrainer(nnx.merge(graphdef, jax.tree.map(jnp.copy, state)), GRPOConfig(
         lr=r.lr, weight_decay=r.weight_decay, clip_norm=r.clip_norm, temperature=r.temperature,
-        normalize_std=r.normalize_std, drop_degenerate_groups=r.drop_degenerate_groups, loss=loss,
+        normalize_std=r.normalize_std, drop_degenerate_groups=r.drop_degenerate_groups,
+        filtering=parse_filtering(r.filtering), loss=loss,
         row_len=learner_row_len(cfg), micro_batch_tokens=r.micro_batch_tokens, vocab_chunk=r.vocab_chunk,
         train_vision=r.train_vision), mesh=mesh)
     sampler = policy.sampler(r.num_slots, r.cache_len, seed=cfg.seed, mesh=process_mesh(mesh))
@@ -346,6 +347,7 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
                                        or str(workdir / "tool_images")})
     if cfg.data.world and tools_cfg.backend == "local":
         tools_cfg = dataclasses.replace(tools_cfg, world_dir=str(workdir / "world"))
+    parse_filtering(cfg.rl.filtering)  # a misspelt filter stops the run before anything is built
     mesh = make_mesh(cfg.mesh.to_dict())
     if primary:
         log.info("mesh %s over %d devices, %d process(es); rollouts on %s per process", dict(mesh.shape),

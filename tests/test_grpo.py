@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gsjax.rl.grpo import LossConfig, aggregate, degenerate_groups, group_advantages, policy_loss
+from gsjax.rl.grpo import (REFERENCE_FILTERING, LossConfig, aggregate, degenerate_groups, filtered_after_advantages,
+                           group_advantages, lone_samples, parse_filtering, policy_loss)
 
 
 def test_advantages_hand_computed():
@@ -14,7 +15,37 @@ def test_advantages_hand_computed():
     std = np.std([1.0, 0.0], ddof=1)  # 0.7071
     np.testing.assert_allclose(adv[:2], [0.5 / (std + 1e-6), -0.5 / (std + 1e-6)], rtol=1e-6)
     np.testing.assert_array_equal(adv[2:4], [0.0, 0.0])  # all equal -> 0
-    np.testing.assert_allclose(adv[4], 0.2 / (1 + 1e-6), rtol=1e-6)  # a group of one: mean 0, std 1
+    assert adv[4] == 0.0  # a group of one has no baseline (the reference's mean 0, std 1 would give 0.2)
+    assert lone_samples(groups).tolist() == [False, False, False, False, True]
+    assert lone_samples(groups[:2], np.array([True, False])).tolist() == [True, True]  # one valid of two
+
+
+def test_filtering_names_parse_and_a_misspelt_one_is_named():
+    assert parse_filtering("failures_out") == {"failures_out"}
+    assert parse_filtering("reference") == set(REFERENCE_FILTERING) and "failures_out" not in REFERENCE_FILTERING
+    assert parse_filtering("none") == frozenset() == parse_filtering("")
+    assert parse_filtering("failures_out, repeated_response") == {"failures_out", "repeated_response"}
+    with pytest.raises(ValueError, match=r"unknown filter 'repeated' in 'failures_out,repeated'.*repeated_response"):
+        parse_filtering("failures_out,repeated")
+
+
+def test_reference_filtering_masks_by_termination_and_every_reward_at_or_below_zero():
+    terms = ["answer", "answer", "max_tokens", "repeated", "parse_failed", "no_answer", "max_rounds", "error", "answer"]
+    failed = [False] * 8 + [True]
+    rewards = [0.4, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    masked = filtered_after_advantages(terms, failed, rewards, parse_filtering("reference"))
+    assert masked.tolist() == [False] + [True] * 8
+    # One mask at a time: each catches its own reason (a failure of the reward is rllm's ERROR).
+    only = {name: filtered_after_advantages(terms, failed, [1.0] * 9, frozenset({name})).tolist()
+            for name in REFERENCE_FILTERING}
+    assert only["max_response_length_exceeded"] == [False, False, True] + [False] * 6
+    assert only["repeated_response"] == [False, False, False, True] + [False] * 5
+    assert only["unknown"] == [False] * 4 + [True] * 4 + [False]
+    assert only["error"] == [False] * 8 + [True]
+    assert only["all_failed_episodes"] == [False] * 9  # every reward is positive here
+    assert not filtered_after_advantages(terms, failed, rewards, parse_filtering("failures_out")).any()
+    with pytest.raises(ValueError, match="unknown termination 'timeout'"):
+        filtered_after_advantages(["timeout"], [False], [0.0], frozenset())
 
 
 def test_failed_episodes_leave_group_statistics():
@@ -51,6 +82,8 @@ def _numpy_loss(logp, old, adv, mask, cfg: LossConfig):
     B, T = logp.shape
     if cfg.agg == "token-mean":
         return (per * mask).sum() / mask.sum()
+    if cfg.agg == "seq-mean-token-sum-norm":  # verl: every masked token summed, over the padded length
+        return (per * mask).sum() / T
     seqs = []
     for b in range(B):
         n = mask[b].sum()
@@ -61,7 +94,7 @@ def _numpy_loss(logp, old, adv, mask, cfg: LossConfig):
     return np.mean(seqs)
 
 
-@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-sum", "seq-mean-token-mean"])
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
 @pytest.mark.parametrize("dual", [None, 3.0])
 def test_policy_loss_matches_numpy(agg, dual):
     rs = np.random.RandomState(0)
@@ -75,6 +108,25 @@ def test_policy_loss_matches_numpy(agg, dual):
     loss, metrics = policy_loss(jnp.asarray(logp), jnp.asarray(old), jnp.asarray(adv), jnp.asarray(mask), cfg)
     np.testing.assert_allclose(float(loss), _numpy_loss(logp, old, adv, mask, cfg), rtol=1e-5)
     assert 0 < float(metrics["clip_frac"]) < 1
+
+
+def test_ppo_kl_is_the_mean_old_minus_new_log_probability_clamped_at_20():
+    old = np.array([[-1.0, -2.0, -3.0, -1.0]])
+    new = np.array([[-1.5, -1.0, -30.0, -1.0]])
+    mask = np.array([[1.0, 1.0, 1.0, 0.0]])
+    _, metrics = policy_loss(jnp.asarray(new), jnp.asarray(old), jnp.asarray([1.0]), jnp.asarray(mask), LossConfig())
+    # old - new per token: 0.5, -1.0, 27 -> clamped to 20; the masked token does not count.
+    assert float(metrics["ppo_kl"]) == pytest.approx((0.5 - 1.0 + 20.0) / 3, rel=1e-6)
+
+
+def test_seq_mean_token_sum_norm_weights_add_up_over_splits_and_need_a_horizon():
+    from gsjax.rl.grpo import sequence_weights
+
+    n = np.array([3.0, 0.0, 5.0])
+    np.testing.assert_allclose(sequence_weights(n, "seq-mean-token-sum-norm", horizon=16), [1 / 16, 0.0, 1 / 16])
+    np.testing.assert_allclose(sequence_weights(n[:1], "seq-mean-token-sum-norm", horizon=16), [1 / 16])
+    with pytest.raises(ValueError, match="needs a positive horizon"):
+        sequence_weights(n, "seq-mean-token-sum-norm")
 
 
 def test_masked_tokens_contribute_nothing():

@@ -60,6 +60,55 @@ def test_failed_samples_are_out_of_the_loss_and_the_statistics():
     assert rows["advantages"][0, :3].tolist() == pytest.approx([0.7071] * 3, abs=1e-3)
 
 
+def _base(**kw):
+    return dict(tokens=[1, 2, 3], loss_mask=[0, 1, 1], sampler_logprobs=[0, -1, -1], sampled=[0, 1, 1], **kw)
+
+
+def test_masked_samples_count_in_the_statistics_and_leave_the_update():
+    cfg = GRPOConfig(row_len=8)
+    rewards = [1.0, 0.0, 0.5, 0.0]
+    plain = step_statistics([Sample(**_base(group=0), reward=r) for r in rewards], cfg)
+    masked = [Sample(**_base(group=0), reward=r, masked=r <= 0) for r in rewards]
+    stats = step_statistics(masked, cfg)
+    # The kept samples' advantages are those of the whole group (the masked ones were in its mean and std) ...
+    np.testing.assert_allclose(stats.advantages[[0, 2]], plain.advantages[[0, 2]])
+    assert stats.in_update.tolist() == [True, False, True, False] and stats.update_samples == 2
+    # ... and the masked ones train nothing and leave the normaliser: each kept token weighs 1/2, not 1/4.
+    rows = make_rows(masked, stats, cfg)
+    assert rows["loss_weights"].sum() == pytest.approx(2.0)
+    assert rows["loss_weights"][rows["loss_mask"] > 0].tolist() == [0.5] * 4
+
+
+def test_a_lone_valid_sample_and_with_drop_degenerate_groups_a_flat_group_leave_the_update():
+    samples = [Sample(**_base(group="a"), reward=0.9), Sample(**_base(group="a"), reward=0.0, failed=True),
+               Sample(**_base(group="b"), reward=0.3), Sample(**_base(group="b"), reward=0.3),
+               Sample(**_base(group="c"), reward=1.0), Sample(**_base(group="c"), reward=0.0)]
+    kept = step_statistics(samples, GRPOConfig(row_len=8))
+    assert kept.advantages[0] == 0.0 and kept.in_update.tolist() == [False, False, True, True, True, True]
+    dropped = step_statistics(samples, GRPOConfig(row_len=8, drop_degenerate_groups=True))
+    assert dropped.in_update.tolist() == [False, False, False, False, True, True]
+    # Group b's samples had advantage 0 either way; dropping them changes the others' weight (1/4 -> 1/2).
+    assert kept.loss_weights[4] == pytest.approx(0.25) and dropped.loss_weights[4] == pytest.approx(0.5)
+
+
+def test_a_step_with_nothing_to_train_leaves_the_weights_and_the_optimizer_alone():
+    model = Qwen3(tiny_config(vocab_size=32), rngs=nnx.Rngs(0))
+    trainer = GRPOTrainer(model, GRPOConfig(lr=1e-2, weight_decay=0.1, temperature=1.0, row_len=8))
+    before = jax.tree.map(np.asarray, nnx.state(trainer.model, nnx.Param))
+    opt_before = jax.tree.map(np.asarray, trainer.opt_state)
+    flat = [Sample(**_base(group=0), reward=0.0, masked=True), Sample(**_base(group=0), reward=0.0, masked=True)]
+    metrics = trainer.step(flat)
+    assert metrics["update_skipped"] == 1.0 and metrics["update_samples"] == 0.0
+    after = jax.tree.map(np.asarray, nnx.state(trainer.model, nnx.Param))
+    jax.tree.map(np.testing.assert_array_equal, before, after)
+    jax.tree.map(np.testing.assert_array_equal, opt_before, jax.tree.map(np.asarray, trainer.opt_state))
+    # A step with something to train moves them (weight decay alone would, even at advantage 0).
+    metrics = trainer.step([Sample(**_base(group=0), reward=1.0), Sample(**_base(group=0), reward=0.0)])
+    assert metrics["update_skipped"] == 0.0 and metrics["update_samples"] == 2.0
+    moved = jax.tree.map(np.asarray, nnx.state(trainer.model, nnx.Param))
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(moved)))
+
+
 def test_kl_to_the_frozen_starting_policy_is_zero_first_then_grows():
     model = Qwen3(tiny_config(vocab_size=32), rngs=nnx.Rngs(0))
     trainer = GRPOTrainer(model, GRPOConfig(lr=1e-2, temperature=1.0, row_len=8,
@@ -72,3 +121,26 @@ def test_kl_to_the_frozen_starting_policy_is_zero_first_then_grows():
         last = trainer.step(samples)
     assert abs(first["kl_ref"]) < 1e-6  # the learner starts at the reference
     assert last["kl_ref"] > 1e-4  # and moves away from it; the KL term measures that
+
+
+def test_the_loop_hands_failures_to_the_learner_as_the_filtering_says():
+    from gsjax.agent.rollout import Task, Trajectory
+    from gsjax.agent.types import Termination
+    from gsjax.rewards.compute import ScoredEpisode
+    from gsjax.rewards.score import failed, scored, zero
+    from gsjax.rewards.types import ZeroRule
+    from gsjax.rl.grpo import parse_filtering
+    from gsjax.rl.loop import learner_samples
+
+    def traj(term):
+        return Trajectory(Task("p", "q"), [1, 2, 3], [0, 1, 1], [0, 1, 1], [0.0, -1.0, -1.0], [], [], [], term, None, 1, 0)
+
+    trajs = [traj(Termination.ANSWER), traj(Termination.ANSWER), traj(Termination.REPEATED), traj(Termination.ANSWER)]
+    results = [ScoredEpisode(scored(0.8, 0.5)), ScoredEpisode(scored(0.0, 0.0)),
+               ScoredEpisode(zero(ZeroRule.OVERLONG_OR_REPEATED)), ScoredEpisode(failed("judge unreachable"))]
+    ours = learner_samples(trajs, results, parse_filtering("failures_out"))
+    assert [(s.failed, s.masked) for s in ours] == [(False, False)] * 3 + [(True, False)]
+    ref = learner_samples(trajs, results, parse_filtering("reference"))
+    # The reference: the failure is a reward of 0 in the statistics; everything at or below 0 leaves the update.
+    assert [(s.failed, s.masked, s.reward) for s in ref][1:] == [(False, True, 0.0)] * 3
+    assert (ref[0].failed, ref[0].masked, ref[0].reward) == (False, False, ours[0].reward) and ours[0].reward > 0

@@ -116,7 +116,7 @@ def _samples(n=12, seed=0):
     return out
 
 
-@pytest.mark.parametrize("agg", ["seq-mean-token-sum", "token-mean", "seq-mean-token-mean"])
+@pytest.mark.parametrize("agg", ["seq-mean-token-sum", "token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
 def test_micro_batched_step_equals_the_unbatched_one(agg):
     """Rows of 128 tokens, micro-batches of one row vs all rows at once: the same loss, gradients
     and metrics; and both equal the reference aggregation over unpacked, padded sequences."""
@@ -138,7 +138,7 @@ def test_micro_batched_step_equals_the_unbatched_one(agg):
     from gsjax.rl.grpo import group_advantages, policy_loss
 
     model = whole.model
-    n = max(len(s.tokens) for s in samples)
+    n = 128  # padded to the row length: seq-mean-token-sum-norm divides by it, the other modes ignore padding
     tokens = np.zeros((len(samples), n), np.int32)
     mask = np.zeros((len(samples), n), np.float32)
     for i, s in enumerate(samples):
@@ -151,7 +151,7 @@ def test_micro_batched_step_equals_the_unbatched_one(agg):
     assert loss_a == pytest.approx(float(ref), abs=1e-5)
 
     ma, mb = whole.update(rows), micro.update(rows)
-    for key in ("loss", "grad_norm", "clip_frac", "approx_kl_old", "mismatch_abs"):
+    for key in ("loss", "grad_norm", "clip_frac", "approx_kl_old", "ppo_kl", "mismatch_abs"):
         assert mb[key] == pytest.approx(ma[key], abs=1e-5), key
     assert ma["micro_batches"] == 1 and mb["micro_batches"] == 8
 

@@ -26,6 +26,7 @@ from gsjax.agent.types import Termination
 from gsjax.parallel import allgather_rows
 from gsjax.rewards.compute import RewardComputer, RewardInput, ScoredEpisode
 from gsjax.rewards.types import RewardStatus
+from gsjax.rl.grpo import filtered_after_advantages
 from gsjax.rl.trainer import GRPOTrainer, Sample
 
 
@@ -95,6 +96,21 @@ def gathered_summary(trajs: Sequence[Trajectory], scored: Sequence[ScoredEpisode
     return summarize(stats), stats
 
 
+def learner_samples(trajs: Sequence[Trajectory], scored: Sequence[ScoredEpisode], filters: frozenset[str]
+                    ) -> list[Sample]:
+    """The learner's samples, filtered as `filters` says (`gsjax.rl.grpo.parse_filtering`): with
+    `failures_out` an infrastructure failure leaves the group statistics, otherwise it counts as
+    reward 0 (as the reference's reward does); the masks take episodes out of the update after the
+    advantages."""
+    failed = [not s.result.in_group_statistics for s in scored]
+    rewards = [0.0 if f else s.result.reward for f, s in zip(failed, scored)]
+    masked = filtered_after_advantages([t.termination.value for t in trajs], failed, rewards, filters)
+    out = "failures_out" in filters
+    return [Sample(t.tokens, t.loss_mask, t.logprobs, t.sampled, t.task.prompt_id, r, failed=f and out, masked=bool(m),
+                   pixel_values=t.pixel_values, image_grids=t.image_grids)
+            for t, f, r, m in zip(trajs, failed, rewards, masked)]
+
+
 class GRPOLoop:
     def __init__(self, trainer: GRPOTrainer, engine: RolloutEngine, rewards: RewardComputer, group_size: int):
         if group_size < 2:
@@ -111,10 +127,7 @@ class GRPOLoop:
         t1 = time.perf_counter()
         scored = score(self.rewards, expanded, trajs, f"step{seed}")
         t2 = time.perf_counter()
-        samples = [Sample(t.tokens, t.loss_mask, t.logprobs, t.sampled, t.task.prompt_id, s.result.reward,
-                          failed=not s.result.in_group_statistics, pixel_values=t.pixel_values,
-                          image_grids=t.image_grids) for t, s in zip(trajs, scored)]
-        metrics = self.trainer.step(samples)
+        metrics = self.trainer.step(learner_samples(trajs, scored, self.trainer.cfg.filtering))
         t3 = time.perf_counter()
         summary, stats = gathered_summary(trajs, scored)
         metrics.update(summary)

@@ -36,7 +36,8 @@ from gsjax.data.vision_batch import model_input
 from gsjax.models.interface import CausalLM
 from gsjax.models.losses import token_logprobs
 from gsjax.parallel import allgather_rows, allgather_strings
-from gsjax.rl.grpo import LossConfig, degenerate_groups, group_advantages, per_token_loss, sequence_weights
+from gsjax.rl.grpo import (LossConfig, degenerate_groups, group_advantages, lone_samples, per_token_loss,
+                            sequence_weights)
 from gsjax.train_state import TrainState, except_vision
 
 
@@ -48,6 +49,9 @@ class GRPOConfig:
     temperature: float = 0.7  # the sampler's; log-probabilities are taken at the same temperature
     normalize_std: bool = True  # False = Dr.GRPO
     drop_degenerate_groups: bool = False
+    # Which episodes leave the group statistics or the update (`gsjax.rl.grpo.parse_filtering`):
+    # gsjax's rule by default; `parse_filtering("reference")` is the reference's compact filtering.
+    filtering: frozenset[str] = frozenset({"failures_out"})
     loss: LossConfig = LossConfig()
     row_len: int = 1024  # packed row length: at least the longest conversation (the cache length)
     micro_batch_tokens: int = 0  # per device and micro-batch (the reference: 37,000); 0 = one micro-batch
@@ -69,6 +73,7 @@ class Sample:
     group: int | str  # samples of the same prompt share a group
     reward: float
     failed: bool = False  # an infrastructure failure: out of the group statistics and the loss
+    masked: bool = False  # filtered after the advantages (`rl.filtering`): in the statistics, out of the loss
     # What a vision-language policy was shown, as the sampler encoded it: the processor's pixel
     # rows [P, patch_dim] and patch grids [n, 3] of the images in token-stream order (None: none).
     pixel_values: np.ndarray | None = None
@@ -85,29 +90,35 @@ class StepStatistics:
     """What each of this process's samples needs from the whole step (all processes)."""
 
     advantages: np.ndarray  # [n] one per sample
+    in_update: np.ndarray  # [n] whether the sample's loss enters the update
     loss_weights: np.ndarray  # [n] weight of each of a sample's loss tokens in the batch loss
     mean_weights: np.ndarray  # [n] the same for token means (metrics)
     advantage_abs_mean: float  # over the whole step
+    update_samples: int  # samples of the whole step whose loss enters the update
 
 
 def step_statistics(samples: Sequence[Sample], cfg: GRPOConfig) -> StepStatistics:
     """Advantages and loss weights from the whole step's rewards, groups and token counts,
-    gathered over processes (a sample's group is its prompt id, the same on every process)."""
+    gathered over processes (a sample's group is its prompt id, the same on every process).
+    A sample leaves the update (no loss, out of the loss normaliser) when it failed, was filtered
+    (`masked`), is alone in its group, or is in a group without signal under `drop_degenerate_groups`."""
     groups = [str(s.group) for s in samples]
-    local = np.array([[s.reward, not s.failed, 0.0 if s.failed else float(np.sum(s.loss_mask))] for s in samples],
-                     np.float64).reshape(len(samples), 3)
+    local = np.array([[s.reward, not s.failed, s.masked, float(np.sum(s.loss_mask))] for s in samples],
+                     np.float64).reshape(len(samples), 4)
     rows, offset = allgather_rows(local)
     all_groups = allgather_strings(groups)
     ids = {g: i for i, g in enumerate(dict.fromkeys(all_groups))}
-    rewards, valid, n_tokens = rows[:, 0], rows[:, 1] > 0, rows[:, 2]
+    rewards, valid, masked, n_tokens = rows[:, 0], rows[:, 1] > 0, rows[:, 2] > 0, rows[:, 3]
     group_ids = np.array([ids[g] for g in all_groups])
     adv = group_advantages(rewards, group_ids, valid, normalize_std=cfg.normalize_std)
+    keep = valid & ~masked & ~lone_samples(group_ids, valid)
     if cfg.drop_degenerate_groups:
-        adv = np.where(degenerate_groups(rewards, group_ids, valid), 0.0, adv)
+        keep &= ~degenerate_groups(rewards, group_ids, valid)
+    adv, n_tokens = np.where(keep, adv, 0.0), np.where(keep, n_tokens, 0.0)
     mine = slice(offset, offset + len(samples))
-    return StepStatistics(adv[mine].astype(np.float32), sequence_weights(n_tokens, cfg.loss.agg)[mine],
+    return StepStatistics(adv[mine].astype(np.float32), keep[mine], sequence_weights(n_tokens, cfg.loss.agg, horizon=cfg.row_len)[mine],
                           sequence_weights(n_tokens, "token-mean")[mine],
-                          float(np.abs(adv).mean()) if len(adv) else 0.0)
+                          float(np.abs(adv).mean()) if len(adv) else 0.0, int(keep.sum()))
 
 
 def make_rows(samples: Sequence[Sample], stats: StepStatistics, cfg: GRPOConfig) -> dict[str, np.ndarray]:
@@ -123,9 +134,9 @@ def pack_samples(samples: Sequence[Sample], stats: StepStatistics, cfg: GRPOConf
         raise ValueError(f"a trajectory of {longest} tokens is longer than the learner's rows (row_len={cfg.row_len}); "
                          "row_len must be at least the sampler's cache length")
     seqs = []
-    for s, a, w, m in zip(samples, stats.advantages, stats.loss_weights, stats.mean_weights):
+    for s, a, keep, w, m in zip(samples, stats.advantages, stats.in_update, stats.loss_weights, stats.mean_weights):
         n = len(s.tokens)
-        mask = np.zeros(n, np.float32) if s.failed else np.asarray(s.loss_mask, np.float32)
+        mask = np.asarray(s.loss_mask, np.float32) if keep else np.zeros(n, np.float32)
         seqs.append({"tokens": s.tokens, "loss_mask": mask, "sampler_logprobs": s.sampler_logprobs,
                      "sampled_mask": s.sampled, "advantages": np.full(n, a), "loss_weights": mask * w,
                      "mean_weights": mask * m})
@@ -149,12 +160,17 @@ class GRPOTrainer(TrainState):
             self.ref_params = self.params if self.abstract else jax.tree.map(jnp.copy, self.params)
 
     def step(self, samples: Sequence[Sample]) -> dict[str, float]:
-        """One update on this process's samples (every process calls it with its own)."""
+        """One update on this process's samples (every process calls it with its own). A step in
+        which no sample enters the update leaves the weights and the optimizer state as they are
+        (an update of zero gradients would still move them: Adam's momentum, weight decay) and
+        says so in `update_skipped`."""
         stats = step_statistics(samples, self.cfg)
+        summary = {"advantage_abs_mean": stats.advantage_abs_mean, "update_samples": float(stats.update_samples)}
+        if stats.update_samples == 0:
+            return {**summary, "update_skipped": 1.0, "loss": 0.0, "packed_rows": 0.0}
         rows, images = pack_samples(samples, stats, self.cfg)
         metrics = self.update(rows, self.ref_params, images)
-        metrics["advantage_abs_mean"] = stats.advantage_abs_mean
-        metrics["packed_rows"] = float(len(rows["tokens"]))
+        metrics.update(summary, update_skipped=0.0, packed_rows=float(len(rows["tokens"])))
         return metrics
 
 
