@@ -105,6 +105,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         # (rllm's compact filtering as the reference runs it: unknown, error, overlong and repeated
         # episodes and every one with reward <= 0 leave the update after the advantages), or a list.
         filtering="failures_out",
+        # Stop (keeping a checkpoint of the last good weights) after this many steps in a row in which
+        # every episode's reward failed or the loss was not finite: each leaves the weights as they were.
+        max_broken_steps=5,
         num_slots=32, cache_len=1024, micro_batch_tokens=0, vocab_chunk=0, checkpoint_every=5, keep_checkpoints=2,
         train_vision=True))  # the reference's RL trains the whole model (verl freeze_vision_tower: false)
 

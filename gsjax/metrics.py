@@ -91,6 +91,7 @@ def plot(series: dict[str, list[tuple[int, float]]], path: Path | str, title: st
     left, right, top, bottom = 48, 16, 28, 32
     img = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(img)
+    series = {name: [p for p in pts if math.isfinite(p[1])] for name, pts in series.items()}  # NaN: nothing to draw
     points = [p for s in series.values() for p in s]
     if not points:
         raise ValueError("plot: no points to draw")

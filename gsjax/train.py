@@ -29,6 +29,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -62,7 +63,7 @@ from gsjax.parallel import barrier, initialize_distributed, is_primary, make_mes
 from gsjax.rewards.backends import build_rewards
 from gsjax.rl.grpo import LossConfig, parse_filtering
 from gsjax.rl.loop import GRPOLoop, Prompt, evaluate
-from gsjax.rl.trainer import GRPOConfig, GRPOTrainer
+from gsjax.rl.trainer import SKIP_NONFINITE, GRPOConfig, GRPOTrainer
 from gsjax.sampling import SamplingParams
 from gsjax.sft.data import SFTImages, batches, encode
 from gsjax.sft.trainer import SFTConfig, SFTTrainer
@@ -294,6 +295,7 @@ def grpo_phase(cfg: ml_collections.ConfigDict, workdir: Path, policy: Policy, pr
             stream.set_state(record["data"])
             start = record["step"]
             log.info("GRPO: resuming after step %d", start)
+        broken = 0  # steps in a row in which every episode failed or the loss was not finite
         for step in tqdm(range(start + 1, r.steps + 1), desc="grpo", initial=start, total=r.steps,
                          disable=not is_primary()):
             batch = [prompts[int(i)] for i in next(stream)]  # the same on every process
@@ -301,12 +303,27 @@ def grpo_phase(cfg: ml_collections.ConfigDict, workdir: Path, policy: Policy, pr
             mlog.write("grpo", step, m)
             if is_primary():
                 tqdm.write(metrics_lib.line(step, r.steps, m, STEP_LINE))
-            if step % r.checkpoint_every == 0 or step == r.steps:
+            broken = broken + 1 if is_broken_step(m) else 0
+            if step % r.checkpoint_every == 0 or step == r.steps or broken >= r.max_broken_steps:
                 _save(ckpt, trainer, {"step": step, "data": stream.get_state()})
+            if broken >= r.max_broken_steps:
+                ckpt.wait()
+                raise RuntimeError(f"GRPO stopped at step {step}: {broken} steps in a row trained nothing because "
+                                   f"every episode failed or the loss was not finite (last: "
+                                   f"{m.get('skip_reason') or 'every reward failed'}); the weights of the last good "
+                                   f"update are checkpointed in {workdir / 'ckpt_grpo'} (rl.max_broken_steps="
+                                   f"{r.max_broken_steps}); metrics in {mlog.path}")
         ckpt.wait()
     policy = dataclasses.replace(policy, model=trainer.model)
     save_policy(policy, out)
     return policy
+
+
+def is_broken_step(metrics: dict) -> bool:
+    """A GRPO step that trained nothing for want of working infrastructure or finite numbers (every
+    episode's reward failed, or the loss or gradient was not finite), as opposed to one whose
+    episodes simply earned nothing to learn from."""
+    return not math.isfinite(metrics["reward"]) or metrics.get("skip_reason") == SKIP_NONFINITE
 
 
 def eval_phase(cfg: ml_collections.ConfigDict, workdir: Path, policies: dict[str, Policy], prompts: list[Prompt],

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import jax
@@ -244,9 +245,13 @@ class TrainState:
             self.compiles += 1
             loss, metrics, grads = self._accumulate(params, batch, aux)
             grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
-            updates, opt_state = self.tx.update(grads, opt_state, params)
-            metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
-            return optax.apply_updates(params, updates), opt_state, metrics
+            grad_norm = optax.tree.norm(grads)
+            updates, new_opt_state = self.tx.update(grads, opt_state, params)
+            # A non-finite loss or gradient leaves the parameters and the optimizer state as they were.
+            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+            keep = partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
+            metrics = dict(metrics, loss=loss, grad_norm=grad_norm)
+            return keep(optax.apply_updates(params, updates), params), keep(new_opt_state, opt_state), metrics
 
         fn = jax.jit(update, donate_argnums=(0, 1),
                      in_shardings=(self.param_shardings, self.opt_shardings, batch_shardings, aux_shardings),
@@ -264,16 +269,21 @@ class TrainState:
         with jax.set_mesh(self.mesh):
             return self._step_fn(batch, aux).lower(self.params, self.opt_state, batch, aux)
 
-    def update(self, rows: Mapping[str, np.ndarray], aux: Any = None, images: RowImages | None = None
-               ) -> dict[str, float]:
+    def update(self, rows: Mapping[str, np.ndarray], aux: Any = None, images: RowImages | None = None,
+               nonfinite: str = "raise") -> dict[str, float]:
         """One optimizer step on this process's packed rows (and their images); returns the
-        step's metrics."""
+        step's metrics. A non-finite loss or gradient norm leaves the parameters and optimizer state
+        as they were, and then raises FloatingPointError (`nonfinite="raise"`) or returns with
+        `update_skipped` 1 (`"skip"`)."""
         batch = self.global_batch(rows, images)
         with jax.set_mesh(self.mesh):
             self.params, self.opt_state, metrics = self._step_fn(batch, aux)(self.params, self.opt_state, batch, aux)
         out = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not math.isfinite(out["loss"]):
-            raise FloatingPointError(f"the loss is {out['loss']} (not finite); metrics {out}")
+        skipped = not (math.isfinite(out["loss"]) and math.isfinite(out["grad_norm"]))
+        if skipped and nonfinite == "raise":
+            raise FloatingPointError(f"the loss is {out['loss']} and the gradient norm {out['grad_norm']} "
+                                     f"(not both finite); the update was not applied; metrics {out}")
+        out["update_skipped"] = float(skipped)
         micro, rows = batch[SEGMENT_IDS].shape[:2]
         out.update(micro_batches=float(micro), batch_rows=float(rows))  # the compiled shape
         if vision_batch.PATCHES in batch:

@@ -144,3 +144,26 @@ def test_the_loop_hands_failures_to_the_learner_as_the_filtering_says():
     # The reference: the failure is a reward of 0 in the statistics; everything at or below 0 leaves the update.
     assert [(s.failed, s.masked, s.reward) for s in ref][1:] == [(False, True, 0.0)] * 3
     assert (ref[0].failed, ref[0].masked, ref[0].reward) == (False, False, ours[0].reward) and ours[0].reward > 0
+
+
+def test_a_non_finite_step_is_skipped_by_the_learner_and_counts_towards_stopping_the_run():
+    from gsjax.rl.trainer import SKIP_NONFINITE, SKIP_NOTHING
+    from gsjax.train import is_broken_step
+
+    model = Qwen3(tiny_config(vocab_size=32), rngs=nnx.Rngs(0))
+    trainer = GRPOTrainer(model, GRPOConfig(lr=1e-2, temperature=1.0, row_len=8))
+    before = jax.tree.map(np.asarray, nnx.state(trainer.model, nnx.Param))
+    poisoned = [Sample(**_base(group=0), reward=float("nan")), Sample(**_base(group=0), reward=1.0)]
+    metrics = trainer.step(poisoned)  # a NaN reward makes the group's advantages, and so the loss, NaN
+    assert metrics["update_skipped"] == 1.0 and metrics["skip_reason"] == SKIP_NONFINITE
+    jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, nnx.state(trainer.model, nnx.Param)))
+    # SFT's way (the default): the same guard in the jitted step, then an error naming the numbers.
+    stats = step_statistics(poisoned, trainer.cfg)
+    with pytest.raises(FloatingPointError, match="not both finite.*the update was not applied"):
+        trainer.update(make_rows(poisoned, stats, trainer.cfg))
+    jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, nnx.state(trainer.model, nnx.Param)))
+
+    assert is_broken_step({"reward": float("nan")})  # every episode's reward failed
+    assert is_broken_step({"reward": 0.2, "skip_reason": SKIP_NONFINITE})
+    assert not is_broken_step({"reward": 0.0, "skip_reason": SKIP_NOTHING})  # nothing earned: a real outcome
+    assert not is_broken_step({"reward": 0.0})

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 from flax import nnx
 
 from gsjax.agent.policy import Policy
@@ -100,3 +101,17 @@ def test_a_torn_last_metrics_line_is_skipped_when_read_and_cut_before_the_next_w
     log.close()
     assert (tmp_path / "metrics.jsonl").read_text().splitlines()[1] == '{"phase": "grpo", "step": 2, "reward": 0.25}'
     assert [r["reward"] for r in metrics_lib.read(tmp_path / "metrics.jsonl")] == [0.5, 0.25]
+
+
+def test_a_step_whose_every_reward_failed_reports_nan_not_a_zero_reward():
+    from gsjax.agent.episode import Termination
+    from gsjax.agent.rollout import Task, Trajectory
+    from gsjax.rewards.compute import ScoredEpisode
+    from gsjax.rewards.score import failed, scored
+    from gsjax.rl.loop import episode_stats, summarize
+
+    trajs = [Trajectory(Task("p", "q"), [1, 2], [0, 1], [0, 1], [0.0, -1.0], [], [], [], Termination.ANSWER, None, 1, 0)] * 2
+    all_failed = summarize(episode_stats(trajs, [ScoredEpisode(failed("judge unreachable"))] * 2))
+    assert np.isnan(all_failed["reward"]) and all_failed["reward_strict"] == 0.0 and all_failed["failed"] == 2
+    one_left = summarize(episode_stats(trajs, [ScoredEpisode(failed("judge unreachable")), ScoredEpisode(scored(0.0, 0.0))]))
+    assert one_left["reward"] == 0.0  # a real zero: one episode was scored

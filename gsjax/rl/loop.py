@@ -73,7 +73,8 @@ def summarize(stats: np.ndarray) -> dict[str, float]:
         return float(x.mean()) if len(x) else 0.0
 
     return {
-        "reward": mean(col["reward"], ok),
+        # NaN when every episode failed: there is no reward to report, and 0.0 would look like one.
+        "reward": mean(col["reward"], ok) if ok.any() else float("nan"),
         "reward_strict": mean(np.where(ok, col["reward"], 0.0)),  # failures as 0
         "image_reward": mean(col["image_part"], img),
         "text_reward": mean(col["text_part"], txt),

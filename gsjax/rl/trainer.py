@@ -80,6 +80,10 @@ class Sample:
     image_grids: np.ndarray | None = None
 
 
+# Why a step left the weights as they were (`skip_reason`).
+SKIP_NOTHING = "no sample to train"
+SKIP_NONFINITE = "non-finite loss or gradient"
+
 ROW_FIELDS = {"tokens": np.int32, "loss_mask": np.float32, "sampler_logprobs": np.float32,
               "sampled_mask": np.float32, "advantages": np.float32, "loss_weights": np.float32,
               "mean_weights": np.float32}
@@ -161,16 +165,19 @@ class GRPOTrainer(TrainState):
 
     def step(self, samples: Sequence[Sample]) -> dict[str, float]:
         """One update on this process's samples (every process calls it with its own). A step in
-        which no sample enters the update leaves the weights and the optimizer state as they are
-        (an update of zero gradients would still move them: Adam's momentum, weight decay) and
-        says so in `update_skipped`."""
+        which no sample enters the update, or whose loss or gradient is not finite, leaves the
+        weights and the optimizer state as they are (an update of zero gradients would still move
+        them: Adam's momentum, weight decay) and says so in `update_skipped` and `skip_reason`."""
         stats = step_statistics(samples, self.cfg)
         summary = {"advantage_abs_mean": stats.advantage_abs_mean, "update_samples": float(stats.update_samples)}
         if stats.update_samples == 0:
-            return {**summary, "update_skipped": 1.0, "loss": 0.0, "grad_norm": 0.0, "packed_rows": 0.0}
+            return {**summary, "update_skipped": 1.0, "skip_reason": SKIP_NOTHING,
+                    "loss": 0.0, "grad_norm": 0.0, "packed_rows": 0.0}
         rows, images = pack_samples(samples, stats, self.cfg)
-        metrics = self.update(rows, self.ref_params, images)
-        metrics.update(summary, update_skipped=0.0, packed_rows=float(len(rows["tokens"])))
+        metrics = self.update(rows, self.ref_params, images, nonfinite="skip")
+        metrics.update(summary, packed_rows=float(len(rows["tokens"])))
+        if metrics["update_skipped"]:
+            metrics["skip_reason"] = SKIP_NONFINITE
         return metrics
 
 
