@@ -26,6 +26,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.workdir = "runs/grpo"
+    # A rerun in the same workdir resumes it; with other settings it is refused (gsjax/train.py:pin_config)
+    # unless fresh=True, which removes the earlier run's outputs first.
+    c.fresh = False
 
     c.data = ml_collections.ConfigDict()
     c.data.world = True  # the offline world (built in workdir/world); False = the files below

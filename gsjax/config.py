@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.util
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +146,19 @@ def cli(argv: list[str], default: str) -> ml_collections.ConfigDict:
         return from_argv(argv, default)
     except (KeyError, ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
+
+
+def changed_keys(before: dict, now: dict, ignore: Iterable[str] = ()) -> dict[str, tuple[Any, Any]]:
+    """The dotted keys whose values differ between two nested config dicts (as `save` writes them),
+    mapped to (before, now); a key under any of `ignore` (a dotted key or a prefix of one) is left out."""
+    def flat(d: dict, prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(before), flat(now)
+    skip = tuple(ignore)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and not any(k == i or k.startswith(i + ".") for i in skip)}
+

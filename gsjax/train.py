@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -286,7 +287,8 @@ def grpo_phase(cfg: ml_collections.ConfigDict, workdir: Path, policy: Policy, pr
         filtering=parse_filtering(r.filtering), loss=loss,
         row_len=learner_row_len(cfg), micro_batch_tokens=r.micro_batch_tokens, vocab_chunk=r.vocab_chunk,
         train_vision=r.train_vision), mesh=mesh)
-    sampler = policy.sampler(r.num_slots, r.cache_len, seed=cfg.seed, mesh=process_mesh(mesh))
+    # The rollouts sample as the learner scores them (rl.*), whatever a reused policy's agent.json says.
+    sampler = policy.sampler(r.num_slots, r.cache_len, seed=cfg.seed, mesh=process_mesh(mesh), sampling=rl_sampling(cfg))
     loop = GRPOLoop(trainer, policy.engine(sampler, toolbox, today), rewards, r.group_size)
     stream = prompt_stream(len(prompts), r.prompts_per_step, cfg.seed)
     with Checkpointer(workdir / "ckpt_grpo", keep=r.keep_checkpoints) as ckpt:
@@ -319,6 +321,11 @@ def grpo_phase(cfg: ml_collections.ConfigDict, workdir: Path, policy: Policy, pr
     return policy
 
 
+def rl_sampling(cfg: ml_collections.ConfigDict) -> SamplingParams:
+    """How GRPO's rollouts sample: the one source for the sampler and the learner's temperature."""
+    return SamplingParams(temperature=cfg.rl.temperature, top_p=cfg.rl.top_p, top_k=cfg.rl.top_k)
+
+
 def is_broken_step(metrics: dict) -> bool:
     """A GRPO step that trained nothing for want of working infrastructure or finite numbers (every
     episode's reward failed, or the loss or gradient was not finite), as opposed to one whose
@@ -346,6 +353,47 @@ def eval_phase(cfg: ml_collections.ConfigDict, workdir: Path, policies: dict[str
     return results
 
 
+# Settings a rerun in the same folder may change: how the run is laid out, checkpointed and
+# evaluated, not what it computes (the mesh changes floating-point sums only: tests/test_multihost.py).
+RERUN_MAY_CHANGE = ("workdir", "fresh", "eval", "mesh", "sft.checkpoint_every", "sft.keep_checkpoints",
+                    "rl.checkpoint_every", "rl.keep_checkpoints", "rl.max_broken_steps", "tools.workers",
+                    "reward.workers")
+# What a fresh start removes from the folder: every output of a run.
+RUN_OUTPUTS = ("world", "data", "tokenizer", "tool_images", "ckpt_sft", "policy_sft", "ckpt_grpo", "policy_grpo",
+               "rollout_images", "eval_images", "metrics.jsonl", "tensorboard", "summary.json", "grpo_curve.png",
+               "grpo_entropy.png", "config.json")
+
+
+def pin_config(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
+    """A folder holds one run: a rerun resumes it, so a rerun with other settings would silently
+    reuse what the first one built (the world, finished phases). Refuse it, naming the keys, unless
+    `fresh` asks to start over (the earlier outputs are removed). A phase's `steps` may still change
+    while that phase has not finished (extending a run)."""
+    file = workdir / "config.json"
+    if not file.is_file():
+        return
+    before = json.loads(file.read_text())
+    now = json.loads(json.dumps(config_lib.redacted(cfg), default=str))
+    ignore = RERUN_MAY_CHANGE + tuple(f"{phase}.steps" for phase, out in (("sft", "policy_sft"), ("rl", "policy_grpo"))
+                                      if not (workdir / out / AGENT_FILE).is_file())
+    diff = config_lib.changed_keys(before, now, ignore)
+    if not diff:
+        return
+    said = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in diff.items()))
+    if not cfg.fresh:
+        raise ValueError(f"{workdir} holds a run with other settings ({said}); rerun with the same settings to "
+                         f"resume it, choose another --config.workdir, or add --config.fresh=True to start over "
+                         f"in this folder (its outputs are removed)")
+    if is_primary():
+        log.warning("fresh start in %s (settings changed: %s): removing the earlier run's outputs", workdir, said)
+        for name in RUN_OUTPUTS:
+            path = workdir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+
+
 def cfg_world(cfg: ml_collections.ConfigDict, workdir: Path) -> Path | None:
     return workdir / "world" if cfg.data.world else None
 
@@ -356,6 +404,8 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
     primary = is_primary()
     workdir = Path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    pin_config(cfg, workdir)
+    barrier("config pinned")  # every process compared with the config the folder had before it is replaced
     if primary:
         config_lib.save(cfg, workdir / "config.json")
     today = prompt_date(cfg.agent.today)
@@ -371,7 +421,7 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
                  mesh.size, jax.process_count(), dict(process_mesh(mesh).shape))
     mlog = metrics_lib.MetricsLog(workdir, enabled=primary)
     data = load_data(cfg, workdir, tools_cfg, limits, today)
-    sampling = SamplingParams(temperature=cfg.rl.temperature, top_p=cfg.rl.top_p, top_k=cfg.rl.top_k)
+    sampling = rl_sampling(cfg)
     policies: dict[str, Policy] = {}
     with build_toolbox(tools_cfg) as toolbox:
         policy = sft_phase(cfg, workdir, initial_policy(cfg, data.tokenizer, limits, sampling, mesh), data.sft, mlog,

@@ -115,3 +115,39 @@ def test_a_step_whose_every_reward_failed_reports_nan_not_a_zero_reward():
     assert np.isnan(all_failed["reward"]) and all_failed["reward_strict"] == 0.0 and all_failed["failed"] == 2
     one_left = summarize(episode_stats(trajs, [ScoredEpisode(failed("judge unreachable")), ScoredEpisode(scored(0.0, 0.0))]))
     assert one_left["reward"] == 0.0  # a real zero: one episode was scored
+
+
+def test_a_rerun_with_other_settings_in_a_used_workdir_is_refused_unless_fresh(tmp_path):
+    import pytest
+
+    from gsjax import config as config_lib
+    from gsjax.train import pin_config
+
+    first = config_lib.load("configs/grpo.py:test", workdir=str(tmp_path))
+    config_lib.save(first, tmp_path / "config.json")
+    (tmp_path / "policy_sft").mkdir()
+    (tmp_path / "policy_sft" / "agent.json").write_text("{}")  # SFT finished; GRPO did not
+    (tmp_path / "world").mkdir()
+
+    def rerun(**overrides):
+        return pin_config(config_lib.load("configs/grpo.py:test", workdir=str(tmp_path), **overrides), tmp_path)
+
+    rerun()  # the same settings: a resume
+    rerun(eval__prompts=2, mesh__data=1, rl__checkpoint_every=1)  # evaluation and layout may change
+    rerun(rl__steps=40)  # extending a phase that has not finished
+    with pytest.raises(ValueError, match=r"other settings \(sft\.steps: 8 -> 9\).*--config\.fresh=True"):
+        rerun(sft__steps=9)  # SFT finished: a new step count would be silently ignored
+    with pytest.raises(ValueError, match=r"rl\.filtering: 'failures_out' -> 'reference', sft\.lr: 0\.003 -> 0\.01"):
+        rerun(sft__lr=0.01, rl__filtering="reference")
+    rerun(sft__lr=0.01, fresh=True)  # starts over: the earlier run's outputs go
+    assert not (tmp_path / "policy_sft").exists() and not (tmp_path / "world").exists()
+
+
+def test_changed_keys_walks_nested_settings_and_leaves_out_the_ignored_ones():
+    from gsjax.config import changed_keys
+
+    before = {"a": 1, "b": {"c": 2, "d": [1, 2]}, "e": {"f": 1}}
+    now = {"a": 1, "b": {"c": 3, "d": [1, 2], "g": 0}, "e": {"f": 2}}
+    assert changed_keys(before, now) == {"b.c": (2, 3), "b.g": (None, 0), "e.f": (1, 2)}
+    assert changed_keys(before, now, ignore=("e", "b.g")) == {"b.c": (2, 3)}
+    assert changed_keys(before, now, ignore=("b.c",)) == {"b.g": (None, 0), "e.f": (1, 2)}  # not a prefix of b.cx
