@@ -1,5 +1,7 @@
 """The GRPO learner end to end on a toy bandit: rewarded completions become more likely."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -167,3 +169,29 @@ def test_a_non_finite_step_is_skipped_by_the_learner_and_counts_towards_stopping
     assert is_broken_step({"reward": 0.2, "skip_reason": SKIP_NONFINITE})
     assert not is_broken_step({"reward": 0.0, "skip_reason": SKIP_NOTHING})  # nothing earned: a real outcome
     assert not is_broken_step({"reward": 0.0})
+
+
+def test_sampler_and_learner_agree_under_top_p_and_top_k_and_the_mismatch_averages_drawn_tokens_only():
+    model = Qwen3(tiny_config(vocab_size=32), rngs=nnx.Rngs(0))
+    params = SamplingParams(temperature=1.0, top_p=0.9, top_k=5)
+    cfg = GRPOConfig(lr=1e-3, temperature=1.0, row_len=16)
+    trainer = GRPOTrainer(model, cfg)
+    sampler = Sampler(model, num_slots=8, cache_len=16, params=params, seed=0)
+    prompts = [p for p in PROMPTS for _ in range(2)]
+    turns = sampler.generate(prompts, max_new_tokens=6)
+    lp = np.concatenate([t.logprobs for t in turns])
+    behavior = np.concatenate([t.behavior_logprobs for t in turns])
+    assert np.all(behavior >= lp - 1e-6) and np.any(behavior > lp + 1e-3)  # truncation renormalises upwards
+    # Each turn ends with one template token the sampler did not draw (loss 1, sampled 0), whose recorded
+    # log-probability is junk: it must not enter the mismatch.
+    samples = [Sample(p + t.tokens + [0], [0] * len(p) + [1] * (len(t.tokens) + 1),
+                      [0.0] * len(p) + t.logprobs + [-50.0], [0] * len(p) + [1] * len(t.tokens) + [0],
+                      group=i // 2, reward=float(i % 2), behavior_logprobs=[0.0] * len(p) + t.behavior_logprobs + [0.0])
+               for i, (p, t) in enumerate(zip(prompts, turns))]
+    metrics = trainer.step(samples)
+    assert metrics["mismatch_abs"] < 1e-4  # the untruncated log-probabilities agree, drawn tokens only
+    # Shift every drawn token's sampler log-probability by 0.5: the mean over drawn tokens is 0.5, not diluted.
+    shifted = [dataclasses.replace(s, sampler_logprobs=[x - 0.5 * d for x, d in zip(s.sampler_logprobs, s.sampled)])
+               for s in samples]
+    fresh = GRPOTrainer(Qwen3(tiny_config(vocab_size=32), rngs=nnx.Rngs(0)), cfg)
+    assert fresh.step(shifted)["mismatch_abs"] == pytest.approx(0.5, abs=1e-4)

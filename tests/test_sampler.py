@@ -158,25 +158,47 @@ def test_five_batches_of_different_lengths_in_one_bucket_compile_once(model):
 def test_sample_filters():
     logits = jnp.asarray([[0.0, 2.0, 1.0, -1.0, 1.5]] * 4000)
     key = jax.random.key(0)
-    top1, _ = sample(logits, key, SamplingParams(temperature=1.0, top_k=1))
+    top1, _, _ = sample(logits, key, SamplingParams(temperature=1.0, top_k=1))
     assert set(np.asarray(top1).tolist()) == {1}
-    top2, _ = sample(logits, key, SamplingParams(temperature=1.0, top_k=2))
+    top2, _, _ = sample(logits, key, SamplingParams(temperature=1.0, top_k=2))
     assert set(np.asarray(top2).tolist()) == {1, 4}
     # top_p 0.6: probabilities sorted are [.42, .26, .15, .13, .03]; the prefix reaching 0.6 is 2 tokens.
-    nucleus, _ = sample(logits, key, SamplingParams(temperature=1.0, top_p=0.6))
+    nucleus, _, _ = sample(logits, key, SamplingParams(temperature=1.0, top_p=0.6))
     assert set(np.asarray(nucleus).tolist()) == {1, 4}
-    greedy, lp = sample(logits[:1], key, GREEDY)
+    greedy, lp, sure = sample(logits[:1], key, GREEDY)
     assert int(greedy[0]) == 1
     np.testing.assert_allclose(float(lp[0]), float(jax.nn.log_softmax(logits[0])[1]), rtol=1e-6)
+    assert float(sure[0]) == 0.0  # a greedy draw is certain
+
+
+def test_behavior_logprobs_are_those_of_the_truncated_renormalised_distribution():
+    """top_k 3 at temperature 0.5 keeps [1, 4, 2]; top_p 0.9 of their renormalised probabilities
+    keeps the prefix reaching 0.9. The behaviour log-probability is under what is kept, renormalised;
+    `logprobs` stays under the whole softmax at the temperature (what the learner recomputes)."""
+    logits = jnp.asarray([[0.0, 2.0, 1.0, -1.0, 1.5]] * 2000)
+    params = SamplingParams(temperature=0.5, top_k=3, top_p=0.9)
+    tokens, logprobs, behavior = sample(logits, jax.random.key(2), params)
+    full = np.asarray(jax.nn.softmax(logits[0] / 0.5), np.float64)
+    order = np.argsort(-full)[:3]
+    top = full[order] / full[order].sum()
+    kept = order[: int(np.searchsorted(np.cumsum(top), 0.9) + 1)]
+    q = np.zeros(5)
+    q[kept] = full[kept] / full[kept].sum()
+    toks = np.asarray(tokens)
+    assert set(toks.tolist()) == set(kept.tolist()) and len(kept) < 5
+    np.testing.assert_allclose(np.exp(np.asarray(behavior)), q[toks], rtol=1e-5)
+    np.testing.assert_allclose(np.exp(np.asarray(logprobs)), full[toks], rtol=1e-5)
+    np.testing.assert_allclose(np.bincount(toks, minlength=5) / len(toks), q, atol=0.03)
 
 
 def test_sample_frequencies_follow_softmax_at_temperature():
     logits = jnp.asarray([[0.0, 2.0, 1.0, -1.0, 1.5]] * 20000)
-    tokens, logprobs = sample(logits, jax.random.key(1), SamplingParams(temperature=2.0))
+    tokens, logprobs, behavior = sample(logits, jax.random.key(1), SamplingParams(temperature=2.0))
     expected = np.asarray(jax.nn.softmax(logits[0] / 2.0))
     freq = np.bincount(np.asarray(tokens), minlength=5) / 20000
     np.testing.assert_allclose(freq, expected, atol=0.015)
     np.testing.assert_allclose(np.exp(np.asarray(logprobs)), expected[np.asarray(tokens)], rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(behavior), np.asarray(logprobs))  # nothing truncated: the same
 
 
 def test_bad_sampling_params_are_rejected():

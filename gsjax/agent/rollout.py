@@ -58,6 +58,9 @@ class Trajectory:
     # [P, patch_dim] and patch grids [n, 3] of the images in token-stream order (None: no pixels).
     pixel_values: np.ndarray | None = None
     image_grids: np.ndarray | None = None
+    # The log-probabilities under the distribution each token was drawn from (after top-k / top-p),
+    # aligned with tokens, 0 where sampled is 0; None: as `logprobs` (no truncation).
+    behavior_logprobs: list[float] | None = None
 
 
 @dataclasses.dataclass
@@ -75,12 +78,15 @@ class _Live:
     future: cf.Future | None = None
     closing: list[int] = dataclasses.field(default_factory=list)  # ends the last turn; not yet in the slot
     pixels: list[Pixels | None] = dataclasses.field(default_factory=list)  # what each insert showed
+    behavior: list[float] = dataclasses.field(default_factory=list)
 
-    def add(self, ids: Sequence[int], mask: int, sampled: int = 0, logprobs: Sequence[float] | None = None) -> None:
+    def add(self, ids: Sequence[int], mask: int, sampled: int = 0, logprobs: Sequence[float] | None = None,
+            behavior: Sequence[float] | None = None) -> None:
         self.tokens += ids
         self.loss_mask += [mask] * len(ids)
         self.sampled += [sampled] * len(ids)
         self.logprobs += list(logprobs) if logprobs is not None else [0.0] * len(ids)
+        self.behavior += list(behavior) if behavior is not None else [0.0] * len(ids)
 
 
 class RolloutEngine:
@@ -164,7 +170,7 @@ class RolloutEngine:
         return ids, pixels
 
     def _after_turn(self, slot: int, lv: _Live, turn: Turn) -> None:
-        lv.add(turn.tokens, 1, 1, turn.logprobs)
+        lv.add(turn.tokens, 1, 1, turn.logprobs, turn.behavior_logprobs or turn.logprobs)
         if turn.finish is FinishReason.CACHE_FULL:
             lv.episode.abort(Termination.MAX_TOKENS)
             return
@@ -223,7 +229,8 @@ class RolloutEngine:
         pixels = join(lv.pixels)
         return Trajectory(lv.task, lv.tokens, lv.loss_mask, lv.sampled, lv.logprobs, ep.messages, images,
                           ep.registry.all(), ep.termination, ep.answer, lv.tool_calls, lv.tool_errors,
-                          None if pixels is None else pixels.values, None if pixels is None else pixels.grids)
+                          None if pixels is None else pixels.values, None if pixels is None else pixels.grids,
+                          lv.behavior)
 
 
 def _plain(message: dict[str, Any]) -> dict[str, str]:

@@ -136,7 +136,8 @@ class LossConfig:
     kl_coef: float = 0.0  # KL to a frozen reference policy (off in the reference)
     agg: LossAgg = "seq-mean-token-sum"
     # Truncated importance weight for sampler/trainer mismatch (None = off): each token's loss is
-    # multiplied by min(exp(trainer_old - sampler), cap), stop-gradient.
+    # multiplied by min(exp(trainer_old - behavior), cap), stop-gradient, where behavior is the
+    # log-probability under the distribution the sampler drew from (after top-k / top-p).
     mismatch_cap: float | None = None
 
 
@@ -185,9 +186,13 @@ def per_token_loss(
     *,
     ref_logprobs: jax.Array | None = None,
     sampler_logprobs: jax.Array | None = None,
+    behavior_logprobs: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The clipped GRPO loss of each token (advantages per token, any shape) and per-token metric
-    values (clip indicators, approximate KL, mismatch), to be reduced with token weights."""
+    values (clip indicators, approximate KL, mismatch), to be reduced with token weights.
+    `sampler_logprobs` are the sampler's under the same untruncated distribution the learner
+    computes (their difference is the engines' mismatch); `behavior_logprobs` those under the
+    distribution it drew from, for the importance weight (default: `sampler_logprobs`)."""
     adv = advantages.astype(jnp.float32)
     log_ratio = logprobs - old_logprobs
     ratio = jnp.exp(log_ratio)
@@ -204,10 +209,11 @@ def per_token_loss(
     values["approx_kl_old"] = 0.5 * log_ratio**2
     values["ppo_kl"] = -jnp.clip(log_ratio, -20.0, 20.0)  # verl's ppo_kl: old - new log-probability, clamped
     if sampler_logprobs is not None:
-        diff = old_logprobs - sampler_logprobs
-        values["mismatch_abs"] = jnp.abs(diff)
+        values["mismatch_abs"] = jnp.abs(old_logprobs - sampler_logprobs)
         if cfg.mismatch_cap is not None:
-            per_token = per_token * jax.lax.stop_gradient(jnp.minimum(jnp.exp(diff), cfg.mismatch_cap))
+            behavior = sampler_logprobs if behavior_logprobs is None else behavior_logprobs
+            weight = jnp.minimum(jnp.exp(old_logprobs - behavior), cfg.mismatch_cap)
+            per_token = per_token * jax.lax.stop_gradient(weight)
     if cfg.kl_coef and ref_logprobs is not None:
         # k3 estimator of KL(pi || ref): exp(ref - pi) - (ref - pi) - 1, always >= 0.
         d = ref_logprobs - logprobs

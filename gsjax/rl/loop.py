@@ -58,7 +58,7 @@ def episode_stats(trajs: Sequence[Trajectory], scored: Sequence[ScoredEpisode]) 
         rows.append([r.reward, r.status is RewardStatus.FAILED, r.status is RewardStatus.ZERO_BY_RULE,
                      r.image_part or 0.0, r.image_part is not None, r.text_part or 0.0, r.text_part is not None,
                      t.termination is Termination.ANSWER, t.tool_calls, t.tool_errors, len(t.tokens), sum(t.sampled),
-                     -sum(lp for lp, s_ in zip(t.logprobs, t.sampled) if s_)])
+                     -sum(lp for lp, s_ in zip(t.behavior_logprobs or t.logprobs, t.sampled) if s_)])
     return np.asarray(rows, np.float64).reshape(len(rows), len(EPISODE_STATS))
 
 
@@ -85,8 +85,8 @@ def summarize(stats: np.ndarray) -> dict[str, float]:
         "tool_errors": mean(col["tool_errors"]),
         "traj_tokens": mean(col["traj_tokens"]),
         "response_tokens": mean(col["sampled_tokens"]),  # what the policy wrote, per episode
-        # The policy's entropy per written token, as the mean -log p of the tokens it drew (the
-        # Monte-Carlo estimate of the entropy of the distribution they were drawn from).
+        # The policy's entropy per written token, as the mean -log p of the tokens it drew under the
+        # distribution they were drawn from (after top-k / top-p): the Monte-Carlo estimate of its entropy.
         "entropy": float(col["sampled_nll"].sum() / max(col["sampled_tokens"].sum(), 1.0)),
     }
 
@@ -108,7 +108,7 @@ def learner_samples(trajs: Sequence[Trajectory], scored: Sequence[ScoredEpisode]
     masked = filtered_after_advantages([t.termination.value for t in trajs], failed, rewards, filters)
     out = "failures_out" in filters
     return [Sample(t.tokens, t.loss_mask, t.logprobs, t.sampled, t.task.prompt_id, r, failed=f and out, masked=bool(m),
-                   pixel_values=t.pixel_values, image_grids=t.image_grids)
+                   pixel_values=t.pixel_values, image_grids=t.image_grids, behavior_logprobs=t.behavior_logprobs)
             for t, f, r, m in zip(trajs, failed, rewards, masked)]
 
 

@@ -78,6 +78,9 @@ class Sample:
     # rows [P, patch_dim] and patch grids [n, 3] of the images in token-stream order (None: none).
     pixel_values: np.ndarray | None = None
     image_grids: np.ndarray | None = None
+    # Log-probabilities under the distribution the sampler drew from (after top-k / top-p): the
+    # behaviour policy of the importance correction. None: the same as `sampler_logprobs`.
+    behavior_logprobs: Sequence[float] | None = None
 
 
 # Why a step left the weights as they were (`skip_reason`).
@@ -85,8 +88,8 @@ SKIP_NOTHING = "no sample to train"
 SKIP_NONFINITE = "non-finite loss or gradient"
 
 ROW_FIELDS = {"tokens": np.int32, "loss_mask": np.float32, "sampler_logprobs": np.float32,
-              "sampled_mask": np.float32, "advantages": np.float32, "loss_weights": np.float32,
-              "mean_weights": np.float32}
+              "behavior_logprobs": np.float32, "sampled_mask": np.float32, "advantages": np.float32,
+              "loss_weights": np.float32, "mean_weights": np.float32, "sampled_weights": np.float32}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +100,7 @@ class StepStatistics:
     in_update: np.ndarray  # [n] whether the sample's loss enters the update
     loss_weights: np.ndarray  # [n] weight of each of a sample's loss tokens in the batch loss
     mean_weights: np.ndarray  # [n] the same for token means (metrics)
+    sampled_weights: np.ndarray  # [n] the same for means over the sampled loss tokens (the mismatch)
     advantage_abs_mean: float  # over the whole step
     update_samples: int  # samples of the whole step whose loss enters the update
 
@@ -107,21 +111,22 @@ def step_statistics(samples: Sequence[Sample], cfg: GRPOConfig) -> StepStatistic
     A sample leaves the update (no loss, out of the loss normaliser) when it failed, was filtered
     (`masked`), is alone in its group, or is in a group without signal under `drop_degenerate_groups`."""
     groups = [str(s.group) for s in samples]
-    local = np.array([[s.reward, not s.failed, s.masked, float(np.sum(s.loss_mask))] for s in samples],
-                     np.float64).reshape(len(samples), 4)
+    local = np.array([[s.reward, not s.failed, s.masked, float(np.sum(s.loss_mask)),
+                       float(np.dot(s.loss_mask, s.sampled))] for s in samples], np.float64).reshape(len(samples), 5)
     rows, offset = allgather_rows(local)
     all_groups = allgather_strings(groups)
     ids = {g: i for i, g in enumerate(dict.fromkeys(all_groups))}
-    rewards, valid, masked, n_tokens = rows[:, 0], rows[:, 1] > 0, rows[:, 2] > 0, rows[:, 3]
+    rewards, valid, masked, n_tokens, n_sampled = rows[:, 0], rows[:, 1] > 0, rows[:, 2] > 0, rows[:, 3], rows[:, 4]
     group_ids = np.array([ids[g] for g in all_groups])
     adv = group_advantages(rewards, group_ids, valid, normalize_std=cfg.normalize_std)
     keep = valid & ~masked & ~lone_samples(group_ids, valid)
     if cfg.drop_degenerate_groups:
         keep &= ~degenerate_groups(rewards, group_ids, valid)
-    adv, n_tokens = np.where(keep, adv, 0.0), np.where(keep, n_tokens, 0.0)
+    adv, n_tokens, n_sampled = np.where(keep, adv, 0.0), np.where(keep, n_tokens, 0.0), np.where(keep, n_sampled, 0.0)
     mine = slice(offset, offset + len(samples))
-    return StepStatistics(adv[mine].astype(np.float32), keep[mine], sequence_weights(n_tokens, cfg.loss.agg, horizon=cfg.row_len)[mine],
-                          sequence_weights(n_tokens, "token-mean")[mine],
+    return StepStatistics(adv[mine].astype(np.float32), keep[mine],
+                          sequence_weights(n_tokens, cfg.loss.agg, horizon=cfg.row_len)[mine],
+                          sequence_weights(n_tokens, "token-mean")[mine], sequence_weights(n_sampled, "token-mean")[mine],
                           float(np.abs(adv).mean()) if len(adv) else 0.0, int(keep.sum()))
 
 
@@ -138,12 +143,15 @@ def pack_samples(samples: Sequence[Sample], stats: StepStatistics, cfg: GRPOConf
         raise ValueError(f"a trajectory of {longest} tokens is longer than the learner's rows (row_len={cfg.row_len}); "
                          "row_len must be at least the sampler's cache length")
     seqs = []
-    for s, a, keep, w, m in zip(samples, stats.advantages, stats.in_update, stats.loss_weights, stats.mean_weights):
+    for s, a, keep, w, m, ws in zip(samples, stats.advantages, stats.in_update, stats.loss_weights, stats.mean_weights,
+                                    stats.sampled_weights):
         n = len(s.tokens)
         mask = np.asarray(s.loss_mask, np.float32) if keep else np.zeros(n, np.float32)
+        behavior = s.sampler_logprobs if s.behavior_logprobs is None else s.behavior_logprobs
         seqs.append({"tokens": s.tokens, "loss_mask": mask, "sampler_logprobs": s.sampler_logprobs,
-                     "sampled_mask": s.sampled, "advantages": np.full(n, a), "loss_weights": mask * w,
-                     "mean_weights": mask * m})
+                     "behavior_logprobs": behavior, "sampled_mask": s.sampled, "advantages": np.full(n, a),
+                     "loss_weights": mask * w, "mean_weights": mask * m,
+                     "sampled_weights": mask * np.asarray(s.sampled, np.float32) * ws})
     images = [None if s.pixel_values is None else (s.pixel_values, s.image_grids) for s in samples]
     if all(i is None for i in images):
         images = None
@@ -187,10 +195,14 @@ def _grpo_loss(model: CausalLM, batch, ref_params, *, graphdef, cfg: GRPOConfig)
 
     logp = logprobs(model)
     old = jax.lax.stop_gradient(logp)
-    # The mismatch is measured where the sampler drew the token; elsewhere it is 0.
-    sampler = jnp.where(batch["sampled_mask"] > 0, batch["sampler_logprobs"], old)
+    # Where the sampler drew the token, its log-probabilities; elsewhere (template tokens) the learner's.
+    drawn = batch["sampled_mask"] > 0
+    sampler = jnp.where(drawn, batch["sampler_logprobs"], old)
+    behavior = jnp.where(drawn, batch["behavior_logprobs"], old)
     ref = None if ref_params is None else jax.lax.stop_gradient(logprobs(nnx.merge(graphdef, ref_params)))
     per_token, values = per_token_loss(logp, old, batch["advantages"], cfg.loss, sampler_logprobs=sampler,
-                                       ref_logprobs=ref)
+                                       behavior_logprobs=behavior, ref_logprobs=ref)
     loss = (per_token * batch["loss_weights"]).sum()
-    return loss, {k: (v * batch["mean_weights"]).sum() for k, v in values.items()}
+    # The mismatch is a mean over the tokens the sampler drew; the other metrics over every loss token.
+    return loss, {k: (v * batch["sampled_weights" if k == "mismatch_abs" else "mean_weights"]).sum()
+                  for k, v in values.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,33 +39,41 @@ def _categorical(key: jax.Array, logits: jax.Array) -> jax.Array:
     return jax.vmap(lambda k, row: jax.random.categorical(k, row))(key, logits)  # one key per row
 
 
-def sample(logits: jax.Array, key: jax.Array, params: SamplingParams) -> tuple[jax.Array, jax.Array]:
-    """Sample one token per row from fp32 `logits` [B, V], with one key for the batch or a key per
-    row (`key` of shape [B]: a row's draw then depends on its own key only).
+class Draw(NamedTuple):
+    """What `sample` draws: tokens [B] int32 and two log-probabilities [B] fp32 of each."""
 
-    Returns (tokens [B] int32, logprobs [B] fp32). The log-probability is that of the sampled token
-    under softmax(logits / temperature), before top-k / top-p truncation: the distribution the
-    policy defines, which is what the learner recomputes. For greedy decoding it is under the
-    plain softmax.
-    """
+    tokens: jax.Array
+    # Under softmax(logits / temperature), before top-k / top-p truncation: the distribution the
+    # policy defines, which is what the learner recomputes (under the plain softmax when greedy).
+    logprobs: jax.Array
+    # Under the distribution the token was actually drawn from (after temperature, top-k and top-p,
+    # renormalised): the behaviour policy of an importance correction; 0 when greedy (a sure draw).
+    behavior_logprobs: jax.Array
+
+
+def sample(logits: jax.Array, key: jax.Array, params: SamplingParams) -> Draw:
+    """Sample one token per row from fp32 `logits` [B, V], with one key for the batch or a key per
+    row (`key` of shape [B]: a row's draw then depends on its own key only)."""
     logits = logits.astype(jnp.float32)
     if params.temperature == 0.0:
         tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         logprobs = jax.nn.log_softmax(logits, axis=-1)
-        return tokens, jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
+        return Draw(tokens, jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0], jnp.zeros(tokens.shape))
 
     scaled = logits / params.temperature
     logprobs = jax.nn.log_softmax(scaled, axis=-1)
     if params.top_k == 0 and params.top_p >= 1.0:
         tokens = _categorical(key, scaled).astype(jnp.int32)
-    else:
-        k = params.top_k or scaled.shape[-1]
-        top_logits, top_ids = jax.lax.top_k(scaled, min(k, scaled.shape[-1]))  # sorted, descending
-        if params.top_p < 1.0:
-            top_logits = jnp.where(_top_p_mask(top_logits, params.top_p), top_logits, -jnp.inf)
-        choice = _categorical(key, top_logits)
-        tokens = jnp.take_along_axis(top_ids, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
-    return tokens, jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
+        lp = jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
+        return Draw(tokens, lp, lp)
+    k = params.top_k or scaled.shape[-1]
+    top_logits, top_ids = jax.lax.top_k(scaled, min(k, scaled.shape[-1]))  # sorted, descending
+    if params.top_p < 1.0:
+        top_logits = jnp.where(_top_p_mask(top_logits, params.top_p), top_logits, -jnp.inf)
+    choice = _categorical(key, top_logits)
+    tokens = jnp.take_along_axis(top_ids, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
+    behavior = jnp.take_along_axis(jax.nn.log_softmax(top_logits, axis=-1), choice[:, None], axis=-1)[:, 0]
+    return Draw(tokens, jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0], behavior)
 
 
 def token_logprob(logits: jax.Array, tokens: jax.Array, params: SamplingParams) -> jax.Array:

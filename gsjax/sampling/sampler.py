@@ -67,9 +67,11 @@ class Turn:
 
     slot: int
     tokens: list[int]
-    logprobs: list[float]
+    logprobs: list[float]  # under the policy's distribution at the temperature (what the learner recomputes)
     finish: FinishReason
     stop: str | int | None = None  # the stop string or stop token that ended it
+    # Under the distribution each token was drawn from (after top-k / top-p; 0 for a forced or greedy token).
+    behavior_logprobs: list[float] = dataclasses.field(default_factory=list)
 
 
 def _buckets_up_to(limit: int) -> tuple[int, ...]:
@@ -118,6 +120,10 @@ class _Slot:
     insert: _Insert | None = None  # the queued tokens (after pending) with positions and images
     out_tokens: list[int] = dataclasses.field(default_factory=list)
     out_logprobs: list[float] = dataclasses.field(default_factory=list)
+    out_behavior: list[float] = dataclasses.field(default_factory=list)
+
+    def turn(self, slot: int, finish: FinishReason, stop: str | int | None = None) -> Turn:
+        return Turn(slot, self.out_tokens, self.out_logprobs, finish, stop, self.out_behavior)
 
 
 class Sampler:
@@ -255,7 +261,7 @@ class Sampler:
         s.insert = self._insert(slot, seq, images)
         s.budget = max_new_tokens
         s.running = True
-        s.out_tokens, s.out_logprobs = [], []
+        s.out_tokens, s.out_logprobs, s.out_behavior = [], [], []
         s.forced = [int(t) for t in forced]
 
     def _insert(self, slot: int, seq: list[int], images: Pixels | None) -> _Insert:
@@ -363,7 +369,7 @@ class Sampler:
                 forced[: len(head), i] = head
         self._cache, out = self._decode_fn(self._weights, self._cache, lengths, offsets, pending, running, room, seeds,
                                            forced, self._key)
-        tokens, logprobs, emitted, stopped, new_lengths = jax.device_get(out)
+        tokens, logprobs, behavior, emitted, stopped, new_lengths = jax.device_get(out)
 
         finished: list[Turn] = []
         for i in np.flatnonzero(running):
@@ -374,6 +380,7 @@ class Sampler:
             s.out_tokens += new
             s.forced = s.forced[n:]
             s.out_logprobs += logprobs[:n, i].tolist()
+            s.out_behavior += behavior[:n, i].tolist()
             s.length = int(new_lengths[i])
             if n:
                 s.pending = new[-1]
@@ -381,11 +388,11 @@ class Sampler:
             if self.stop_strings and self._stop_string_candidates[new].any():
                 turn = self._cut_at_stop_string(i, before)
             if turn is None and stopped[i]:
-                turn = Turn(i, s.out_tokens, s.out_logprobs, FinishReason.STOP_TOKEN, s.out_tokens[-1])
+                turn = s.turn(i, FinishReason.STOP_TOKEN, s.out_tokens[-1])
             if turn is None and len(s.out_tokens) >= s.budget:
-                turn = Turn(i, s.out_tokens, s.out_logprobs, FinishReason.LENGTH)
+                turn = s.turn(i, FinishReason.LENGTH)
             if turn is None and s.length + 1 >= self.cache_len:
-                turn = Turn(i, s.out_tokens, s.out_logprobs, FinishReason.CACHE_FULL)
+                turn = s.turn(i, FinishReason.CACHE_FULL)
             if turn is not None:
                 s.running = False
                 finished.append(turn)
@@ -412,10 +419,10 @@ class Sampler:
         # The shortest prefix of tokens whose text contains the stop string.
         keep = next(j for j in range(checked + 1, len(s.out_tokens) + 1) if stop in self._decode_text(s.out_tokens[:j]))
         dropped = len(s.out_tokens) - keep
-        s.out_tokens, s.out_logprobs = s.out_tokens[:keep], s.out_logprobs[:keep]
+        s.out_tokens, s.out_logprobs, s.out_behavior = s.out_tokens[:keep], s.out_logprobs[:keep], s.out_behavior[:keep]
         s.length -= dropped  # cache entries past the new length are simply ignored
         s.pending = s.out_tokens[-1]
-        return Turn(slot, s.out_tokens, s.out_logprobs, FinishReason.STOP_STRING, stop)
+        return s.turn(slot, FinishReason.STOP_STRING, stop)
 
 
 
@@ -428,7 +435,7 @@ class SamplerPrograms:
       [3, R, T]) -> cache` writes queued tokens of R rows (slot ids; `num_slots` marks a padding
       row) into their slots at cache entries starts + 0..T-1, rotated by `positions`;
     - `decode(weights, cache, lengths, offsets, pending, running, room, seeds [N], forced
-      [chunk, N], key) -> (cache, (tokens, logprobs, emitted, stopped, lengths))` feeds each slot's
+      [chunk, N], key) -> (cache, (tokens, logprobs, behavior_logprobs, emitted, stopped, lengths))` feeds each slot's
       pending token and draws `chunk` more in one `lax.scan` (rotary position = length + offset);
     - for a `VisionLM`: `encode(weights, patches, layout) -> (embeds, deepstack)` and
       `prefill_vision(..., positions, embeds, deepstack, token_index [R, T])`.
@@ -549,21 +556,22 @@ class SamplerPrograms:
             hidden, cache = model.forward_cached(ModelInput(pending[:, None], positions), cache, lengths)
             row_keys = jax.vmap(jax.random.fold_in)(slot_keys, lengths)  # the position being sampled
             logits = model.logits(hidden[:, 0])
-            tok, lp = sample(logits, row_keys, self.params)
+            tok, lp, lpb = sample(logits, row_keys, self.params)
             tok = jnp.where(force >= 0, force, tok)
             lp = jnp.where(force >= 0, token_logprob(logits, jnp.maximum(force, 0), self.params), lp)
+            lpb = jnp.where(force >= 0, 0.0, lpb)  # a forced token is certain
             emit = running
             lengths = lengths + emit
             pending = jnp.where(emit, tok, pending)
             room = room - emit
             hit_stop = emit & jnp.isin(tok, stop_ids)
             running = running & ~hit_stop & (room > 0)
-            return (cache, lengths, pending, running, room), (tok, lp, emit, hit_stop)
+            return (cache, lengths, pending, running, room), (tok, lp, lpb, emit, hit_stop)
 
-        (cache, lengths, _, _, _), (tok, lp, emit, hit) = jax.lax.scan(
+        (cache, lengths, _, _, _), (tok, lp, lpb, emit, hit) = jax.lax.scan(
             body, (cache, lengths, pending, running, room), forced
         )
-        return cache, (tok, lp, emit, hit.any(axis=0), lengths)
+        return cache, (tok, lp, lpb, emit, hit.any(axis=0), lengths)
 
     # ------------------------------------------------------------------ ahead of time
 
