@@ -250,8 +250,10 @@ class TrainState:
             # A non-finite loss or gradient leaves the parameters and the optimizer state as they were.
             finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
             keep = partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
-            metrics = dict(metrics, loss=loss, grad_norm=grad_norm)
-            return keep(optax.apply_updates(params, updates), params), keep(new_opt_state, opt_state), metrics
+            new_params = keep(optax.apply_updates(params, updates), params)
+            # The norm of the weights after the step: a checksum a resumed run must reproduce exactly.
+            metrics = dict(metrics, loss=loss, grad_norm=grad_norm, param_norm=optax.tree.norm(new_params))
+            return new_params, keep(new_opt_state, opt_state), metrics
 
         fn = jax.jit(update, donate_argnums=(0, 1),
                      in_shardings=(self.param_shardings, self.opt_shardings, batch_shardings, aux_shardings),

@@ -101,6 +101,8 @@ def test_a_step_with_nothing_to_train_leaves_the_weights_and_the_optimizer_alone
     flat = [Sample(**_base(group=0), reward=0.0, masked=True), Sample(**_base(group=0), reward=0.0, masked=True)]
     metrics = trainer.step(flat)
     assert metrics["update_skipped"] == 1.0 and metrics["update_samples"] == 0.0
+    norm = np.sqrt(sum(float(np.sum(np.square(x))) for x in jax.tree.leaves(before)))
+    assert metrics["param_norm"] == pytest.approx(norm, rel=1e-5)  # the weights' checksum, unchanged
     after = jax.tree.map(np.asarray, nnx.state(trainer.model, nnx.Param))
     jax.tree.map(np.testing.assert_array_equal, before, after)
     jax.tree.map(np.testing.assert_array_equal, opt_before, jax.tree.map(np.asarray, trainer.opt_state))
@@ -108,6 +110,8 @@ def test_a_step_with_nothing_to_train_leaves_the_weights_and_the_optimizer_alone
     metrics = trainer.step([Sample(**_base(group=0), reward=1.0), Sample(**_base(group=0), reward=0.0)])
     assert metrics["update_skipped"] == 0.0 and metrics["update_samples"] == 2.0
     moved = jax.tree.map(np.asarray, nnx.state(trainer.model, nnx.Param))
+    moved_norm = np.sqrt(sum(float(np.sum(np.square(x))) for x in jax.tree.leaves(moved)))
+    assert metrics["param_norm"] == pytest.approx(moved_norm, rel=1e-5) and metrics["param_norm"] != norm
     assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(moved)))
 
 

@@ -201,7 +201,7 @@ def _same_steps(a: list[dict], b: list[dict]) -> None:
     for x, y in zip(a, b):
         assert y["loss"] == pytest.approx(x["loss"], abs=1e-5), (x["phase"], x["step"])
         if x["phase"] == "grpo":
-            for key in ("reward", "traj_tokens", "tool_calls", "answered", "grad_norm", "response_tokens"):
+            for key in ("reward", "traj_tokens", "tool_calls", "answered", "grad_norm", "param_norm", "response_tokens"):
                 assert y[key] == pytest.approx(x[key], abs=1e-5, rel=1e-5), (x["step"], key)
             assert y["entropy"] == pytest.approx(x["entropy"], abs=1e-4), x["step"]  # sampler log-probs, two meshes
 
@@ -217,7 +217,8 @@ def test_two_processes_train_as_one_call_each_tool_once_and_resume_exactly_after
         (old,) = [r for r in run["before"] if r["phase"] == "grpo" and r["step"] == 3]
         redone = [r for r in run["records"][len(run["before"]):] if r["phase"] == "grpo"]
         assert [r["step"] for r in redone] == [3, 4]
-        for key in ("loss", "reward", "traj_tokens", "tool_calls", "grad_norm"):
+        # param_norm: the weights after the redone update, so those restored from step 2's checkpoint.
+        for key in ("loss", "reward", "traj_tokens", "tool_calls", "grad_norm", "param_norm"):
             assert redone[0][key] == pytest.approx(old[key], abs=1e-6), key
     steps = _last_of_each_step(one["records"])
     assert [(r["phase"], r["step"]) for r in steps] == [("sft", 1), ("sft", 2)] + [("grpo", i) for i in range(1, 5)]

@@ -180,7 +180,7 @@ class GRPOTrainer(TrainState):
         summary = {"advantage_abs_mean": stats.advantage_abs_mean, "update_samples": float(stats.update_samples)}
         if stats.update_samples == 0:
             return {**summary, "update_skipped": 1.0, "skip_reason": SKIP_NOTHING,
-                    "loss": 0.0, "grad_norm": 0.0, "packed_rows": 0.0}
+                    "loss": 0.0, "grad_norm": 0.0, "param_norm": float(optax.tree.norm(self.params)), "packed_rows": 0.0}
         rows, images = pack_samples(samples, stats, self.cfg)
         metrics = self.update(rows, self.ref_params, images, nonfinite="skip")
         metrics.update(summary, packed_rows=float(len(rows["tokens"])))
