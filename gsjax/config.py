@@ -148,9 +148,11 @@ def cli(argv: list[str], default: str) -> ml_collections.ConfigDict:
         raise SystemExit(f"error: {e}") from None
 
 
-def changed_keys(before: dict, now: dict, ignore: Iterable[str] = ()) -> dict[str, tuple[Any, Any]]:
+def changed_keys(before: dict, now: dict, ignore: Iterable[str] = (), common_only: bool = False
+                 ) -> dict[str, tuple[Any, Any]]:
     """The dotted keys whose values differ between two nested config dicts (as `save` writes them),
-    mapped to (before, now); a key under any of `ignore` (a dotted key or a prefix of one) is left out."""
+    mapped to (before, now); a key under any of `ignore` (a dotted key or a prefix of one) is left out,
+    and with `common_only` so is a key only one of them has."""
     def flat(d: dict, prefix: str = "") -> dict[str, Any]:
         out: dict[str, Any] = {}
         for k, v in d.items():
@@ -159,6 +161,7 @@ def changed_keys(before: dict, now: dict, ignore: Iterable[str] = ()) -> dict[st
 
     a, b = flat(before), flat(now)
     skip = tuple(ignore)
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+    keys = set(a) & set(b) if common_only else set(a) | set(b)
+    return {k: (a.get(k), b.get(k)) for k in sorted(keys)
             if a.get(k) != b.get(k) and not any(k == i or k.startswith(i + ".") for i in skip)}
 

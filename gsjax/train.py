@@ -376,7 +376,8 @@ def pin_config(cfg: ml_collections.ConfigDict, workdir: Path) -> None:
     now = json.loads(json.dumps(config_lib.redacted(cfg), default=str))
     ignore = RERUN_MAY_CHANGE + tuple(f"{phase}.steps" for phase, out in (("sft", "policy_sft"), ("rl", "policy_grpo"))
                                       if not (workdir / out / AGENT_FILE).is_file())
-    diff = config_lib.changed_keys(before, now, ignore)
+    # A setting the earlier run's code did not have (or has since lost) is not a change of settings.
+    diff = config_lib.changed_keys(before, now, ignore, common_only=True)
     if not diff:
         return
     said = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in diff.items()))

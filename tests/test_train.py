@@ -5,6 +5,7 @@ tests/test_multihost.py.)"""
 from __future__ import annotations
 
 import datetime
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -139,6 +140,10 @@ def test_a_rerun_with_other_settings_in_a_used_workdir_is_refused_unless_fresh(t
         rerun(sft__steps=9)  # SFT finished: a new step count would be silently ignored
     with pytest.raises(ValueError, match=r"rl\.filtering: 'failures_out' -> 'reference', sft\.lr: 0\.003 -> 0\.01"):
         rerun(sft__lr=0.01, rl__filtering="reference")
+    recorded = json.loads((tmp_path / "config.json").read_text())
+    del recorded["rl"]["filtering"]  # a run started before the setting existed
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    rerun()
     rerun(sft__lr=0.01, fresh=True)  # starts over: the earlier run's outputs go
     assert not (tmp_path / "policy_sft").exists() and not (tmp_path / "world").exists()
 
@@ -150,4 +155,5 @@ def test_changed_keys_walks_nested_settings_and_leaves_out_the_ignored_ones():
     now = {"a": 1, "b": {"c": 3, "d": [1, 2], "g": 0}, "e": {"f": 2}}
     assert changed_keys(before, now) == {"b.c": (2, 3), "b.g": (None, 0), "e.f": (1, 2)}
     assert changed_keys(before, now, ignore=("e", "b.g")) == {"b.c": (2, 3)}
-    assert changed_keys(before, now, ignore=("b.c",)) == {"b.g": (None, 0), "e.f": (1, 2)}  # not a prefix of b.cx
+    assert changed_keys(before, now, ignore=("b.c",)) == {"b.g": (None, 0), "e.f": (1, 2)}
+    assert changed_keys(before, now, common_only=True) == {"b.c": (2, 3), "e.f": (1, 2)}  # b.g is new
