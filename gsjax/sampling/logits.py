@@ -62,18 +62,19 @@ def sample(logits: jax.Array, key: jax.Array, params: SamplingParams) -> Draw:
 
     scaled = logits / params.temperature
     logprobs = jax.nn.log_softmax(scaled, axis=-1)
+    behavior = None  # without truncation, the token is drawn from the policy's own distribution
     if params.top_k == 0 and params.top_p >= 1.0:
         tokens = _categorical(key, scaled).astype(jnp.int32)
-        lp = jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
-        return Draw(tokens, lp, lp)
-    k = params.top_k or scaled.shape[-1]
-    top_logits, top_ids = jax.lax.top_k(scaled, min(k, scaled.shape[-1]))  # sorted, descending
-    if params.top_p < 1.0:
-        top_logits = jnp.where(_top_p_mask(top_logits, params.top_p), top_logits, -jnp.inf)
-    choice = _categorical(key, top_logits)
-    tokens = jnp.take_along_axis(top_ids, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
-    behavior = jnp.take_along_axis(jax.nn.log_softmax(top_logits, axis=-1), choice[:, None], axis=-1)[:, 0]
-    return Draw(tokens, jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0], behavior)
+    else:
+        k = params.top_k or scaled.shape[-1]
+        top_logits, top_ids = jax.lax.top_k(scaled, min(k, scaled.shape[-1]))  # sorted, descending
+        if params.top_p < 1.0:
+            top_logits = jnp.where(_top_p_mask(top_logits, params.top_p), top_logits, -jnp.inf)
+        choice = _categorical(key, top_logits)
+        tokens = jnp.take_along_axis(top_ids, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
+        behavior = jnp.take_along_axis(jax.nn.log_softmax(top_logits, axis=-1), choice[:, None], axis=-1)[:, 0]
+    lp = jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
+    return Draw(tokens, lp, lp if behavior is None else behavior)
 
 
 def token_logprob(logits: jax.Array, tokens: jax.Array, params: SamplingParams) -> jax.Array:
