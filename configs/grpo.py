@@ -72,6 +72,10 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     # "random": as built; "copy_heads": a previous-token head and two induction heads set by hand, the
     # copying a pretrained LM starts with (gsjax/models/copy_heads.py; measured in docs/training.md).
     c.model.tiny_init = "random"
+    # The circuit's options (gsjax/models/copy_heads.py, CopyHeads): two_back makes the second
+    # induction head match the previous token two positions back (copies past a space or a single
+    # letter that occurs everywhere); written_scale scales what layer 0 writes.
+    c.model.copy_heads = ml_collections.ConfigDict(dict(two_back=False, written_scale=1.0))
     # With `enabled`, the tiny policy is a Qwen3-VL: this vision tower in front of the decoder above,
     # so it sees the tools' images as pixels (96x96 world photos: 144 patches, 36 image tokens each).
     # Off, it is text-only and sees one placeholder per image. `configs/grpo.py:image_only` compares both.

@@ -166,7 +166,9 @@ def initialise(model, cfg: ml_collections.ConfigDict):
     previous-token head and two induction heads (gsjax/models/copy_heads.py)."""
     how = cfg.model.tiny_init
     if how == "copy_heads":
-        set_copy_heads(model, CopyHeads(seed=cfg.seed))
+        opts = cfg.model.get("copy_heads", {})
+        set_copy_heads(model, CopyHeads(seed=cfg.seed, two_back=bool(opts.get("two_back", False)),
+                                        written_scale=float(opts.get("written_scale", 1.0))))
     elif how != "random":
         raise ValueError(f"model.tiny_init={how!r}: expected 'random' or 'copy_heads'")
     return model

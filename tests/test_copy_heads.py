@@ -8,6 +8,7 @@ from flax import nnx
 
 from gsjax.bench.copy_init import SHAPE as BENCH_SHAPE, copy_probability, main as bench_main, repeated_spans
 from gsjax.models.copy_heads import FAST_PAIRS, CopyHeads, copy_head_weights, offset_key, set_copy_heads
+from gsjax.models.interface import ModelInput
 from gsjax.models.qwen3 import Qwen3, rope, tiny_config
 from gsjax.train import initialise
 
@@ -73,14 +74,14 @@ def test_train_names_the_setting_it_does_not_know():
         initialise(Qwen3(tiny_config(**SHAPE), rngs=nnx.Rngs(0)), cfg)
 
 
-def test_the_bench_prints_both_inits_side_by_side(capsys):
-    bench_main(["--steps", "2", "--every", "1", "--rows", "2", "--length", "64"])
+def test_the_bench_prints_the_inits_side_by_side(capsys):
+    bench_main(["--steps", "2", "--every", "1", "--rows", "2", "--length", "64", "--spaces", "0.2"])
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1].split() == ["step", "random", "copy_heads"]
+    assert lines[1].split() == ["step", "random", "copy_heads", "two_back"]
     rows = [line.split() for line in lines[2:]]
     assert [r[0] for r in rows] == ["0", "1", "2"]
-    random0, copy0 = float(rows[0][1]), float(rows[0][2])
-    assert random0 < 0.01 < 0.3 < copy0
+    random0, copy0, two0 = (float(v) for v in rows[0][1:])
+    assert random0 < 0.01 < 0.2 < min(copy0, two0)
 
 
 def test_the_copy_heads_preset_builds_a_policy_that_copies_at_step_0():
@@ -108,3 +109,52 @@ def test_the_cpu_long_preset_is_the_copy_heads_recipe_for_more_grpo_steps():
     assert long["rl"].pop("steps") > short["rl"].pop("steps")
     assert (long.pop("workdir"), short.pop("workdir")) == ("runs/cpulong", "runs/copyheads")
     assert long == short
+
+
+def test_two_back_copies_the_token_after_a_common_one_by_the_token_before_it():
+    """"A _ X ... B _ Y ... A _": after the common "_" (the space the capitalised split writes before
+    each name), X follows only by the pair. Plain induction heads split between X and Y; with
+    `two_back` the second head matches "A" two back and X wins."""
+    from gsjax.bench.copy_init import SPACE
+
+    rng = np.random.default_rng(0)
+    a, b, x, y = (int(t) for t in rng.choice(np.arange(SPACE + 1, 512), 4, replace=False))
+    def filler(n):
+        return [int(t) for t in rng.integers(SPACE + 1, 512, n) if t not in (a, b, x, y)]
+    head = filler(20) + [a, SPACE, x] + filler(30) + [b, SPACE, y] + filler(30)
+    odds = {}  # log p(X) / p(Y) at the last position, after "A _" and after "B _"
+    for two_back in (False, True):
+        model = Qwen3(tiny_config(**SHAPE), rngs=nnx.Rngs(0))
+        set_copy_heads(model, CopyHeads(two_back=two_back, written_scale=0.3))
+        logits = np.asarray(model(ModelInput(jnp.asarray([head + [a, SPACE], head + [b, SPACE]]))))[:, -1]
+        odds[two_back] = logits[:, x] - logits[:, y]
+    # Plain heads see the same current token both times: the odds barely move with the token before it.
+    assert abs(odds[False][0] - odds[False][1]) < 1.0, odds
+    # With two_back, the token before decides: X after "A _", Y after "B _".
+    assert odds[True][0] > 2.0 and odds[True][1] < -2.0, odds
+
+def test_two_back_writes_the_token_two_positions_back_and_keeps_the_first_induction_head():
+    cfg = tiny_config(**SHAPE)
+    model = Qwen3(cfg, rngs=nnx.Rngs(0))
+    init = {".".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    plain = copy_head_weights(cfg, init, CopyHeads())
+    paired = copy_head_weights(cfg, init, CopyHeads(two_back=True))
+    h, kv = cfg.num_heads, cfg.num_kv_heads
+    first = {"q_proj": (slice(None), 0), "k_proj": (slice(None), 0), "v_proj": (slice(None), 0), "o_proj": (0,)}
+    for w, at in first.items():  # layer 1's first induction head (query head 0, key-value head 0) is the same
+        np.testing.assert_array_equal(paired[f"layers.1.self_attn.{w}"][at], plain[f"layers.1.self_attn.{w}"][at])
+    n = cfg.hidden_size - cfg.head_dim - 1
+    two = n + 1 + cfg.head_dim // 2
+    o0 = paired["layers.0.self_attn.o_proj"]
+    assert o0[h // kv, :, two:].any() and not plain["layers.0.self_attn.o_proj"][:, :, two:].any()
+
+
+def test_train_passes_the_circuits_options_from_the_config():
+    cfg = ml_collections.ConfigDict(dict(seed=0, model=dict(tiny_init="copy_heads",
+                                                            copy_heads=dict(two_back=True, written_scale=0.3))))
+    model = initialise(Qwen3(tiny_config(**SHAPE), rngs=nnx.Rngs(0)), cfg)
+    o0 = np.asarray(model.layers[0].self_attn.o_proj.get_value())
+    n = SHAPE["hidden_size"] - SHAPE["head_dim"] - 1
+    two = n + 1 + SHAPE["head_dim"] // 2
+    np.testing.assert_allclose(o0[0, :16, n + 1:two], 0.3 * np.eye(16))  # the previous-token head, scaled
+    np.testing.assert_allclose(o0[2, :16, two:], 0.3 * np.eye(16))  # the two-back head

@@ -1,12 +1,15 @@
 """Does the tiny policy copy before training? Random initialisation against `copy_heads`.
 
-    python -m gsjax.bench.copy_init [--steps 300] [--every 50] [--rope-theta 1e6]
+    python -m gsjax.bench.copy_init [--steps 300] [--every 50] [--rope-theta 1e6] [--spaces 0.3]
 
-Both inits of the default tiny shape (2 layers, d=128, 4 heads of 32, 2 key-value heads) train side
+The inits of the default tiny shape (2 layers, d=128, 4 heads of 32, 2 key-value heads) train side
 by side with the same optimiser and the same batches on rows of repeated random spans (a span,
 random filler, the span again: only copying predicts the second copy) and print, every `--every`
 steps, the mean probability they give the copyable tokens of held-out rows (1 / vocabulary = no
-copying). The default run takes a few minutes on 2 cores.
+copying): random initialisation, `copy_heads`, and `copy_heads` with its second induction head
+matching two tokens back (`two_back`). With `--spaces`, that share of the tokens is one common
+token (as the capitalised split writes the space before each name), so the token after a space is
+copyable only from the one before it. The default run takes a few minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -17,27 +20,34 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gsjax.models.copy_heads import set_copy_heads
+from gsjax.models.copy_heads import CopyHeads, set_copy_heads
 from gsjax.models.interface import ModelInput
 from gsjax.models.losses import token_logprobs
 from gsjax.models.qwen3 import Qwen3, tiny_config
 from gsjax.sft.trainer import SFTConfig, optimizer
 
+INITS = {"random": None, "copy_heads": CopyHeads(), "two_back": CopyHeads(two_back=True)}
+SPACE = 20  # the common token of `--spaces`
 SHAPE = dict(vocab_size=2048, hidden_size=128, intermediate_size=512, num_layers=2, num_heads=4, num_kv_heads=2,
              head_dim=32)
 
 
 def repeated_spans(rng: np.random.Generator, rows: int, length: int, vocab: int, max_gap: int,
-                   spans: tuple[int, int] = (4, 24)) -> tuple[np.ndarray, np.ndarray]:
+                   spans: tuple[int, int] = (4, 24), spaces: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Rows of [span, random filler, the span again, ...] of ids in [20, vocab), and a mask of the
-    second copies' tokens that copying predicts (all but each copy's first)."""
+    second copies' tokens that copying predicts (all but each copy's first). A share `spaces` of
+    the spans' and fillers' tokens is the one id `SPACE`."""
+    def draw(k: int) -> list[int]:
+        ids = rng.integers(SPACE + 1, vocab, k)
+        return [SPACE if s else int(i) for i, s in zip(ids, rng.random(k) < spaces)]
+
     ids, mask = np.zeros((rows, length), np.int32), np.zeros((rows, length), np.float32)
     for r in range(rows):
         row: list[int] = []
         m: list[int] = []
         while len(row) < length:
-            span = list(rng.integers(20, vocab, int(rng.integers(spans[0], spans[1] + 1))))
-            filler = list(rng.integers(20, vocab, int(rng.integers(0, max_gap + 1))))
+            span = draw(int(rng.integers(spans[0], spans[1] + 1)))
+            filler = draw(int(rng.integers(0, max_gap + 1)))
             row += span + filler + span
             m += [0] * (len(span) + len(filler) + 1) + [1] * (len(span) - 1)
         ids[r], mask[r] = row[:length], m[:length]
@@ -73,27 +83,33 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--length", type=int, default=256)
     ap.add_argument("--max-gap", type=int, default=64, help="filler between a span and its copy, at most")
     ap.add_argument("--rope-theta", type=float, default=1e6)
+    ap.add_argument("--spaces", type=float, default=0.0, help="the share of tokens that are one common token")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     if a.steps < 0 or a.every < 1:
         ap.error(f"--steps must be >= 0 and --every >= 1 (got {a.steps} and {a.every})")
+    if not 0.0 <= a.spaces < 1.0:
+        ap.error(f"--spaces must be in [0, 1) (got {a.spaces})")
     cfg = tiny_config(**SHAPE, rope_theta=a.rope_theta)
-    models = {"random": Qwen3(cfg, rngs=nnx.Rngs(a.seed)), "copy_heads": Qwen3(cfg, rngs=nnx.Rngs(a.seed))}
-    set_copy_heads(models["copy_heads"])
+    models = {k: Qwen3(cfg, rngs=nnx.Rngs(a.seed)) for k in INITS}
+    for k, spec in INITS.items():
+        if spec is not None:
+            set_copy_heads(models[k], spec)
     # SFT's optimiser: AdamW, warm-up then cosine decay, clipped at norm 1
     opts = {k: nnx.Optimizer(m, optimizer(SFTConfig(steps=a.steps, lr=a.lr, warmup_frac=0.05)), wrt=nnx.Param)
             for k, m in models.items()}
-    test = repeated_spans(np.random.default_rng(10_000 + a.seed), 16, a.length, cfg.vocab_size, a.max_gap)
+    test = repeated_spans(np.random.default_rng(10_000 + a.seed), 16, a.length, cfg.vocab_size, a.max_gap,
+                          spaces=a.spaces)
     batches = np.random.default_rng(a.seed)
     print(f"copyable tokens' mean probability on held-out rows (chance {1 / cfg.vocab_size:.4f}); "
           f"{a.rows} x {a.length} tokens per step, lr {a.lr}")
-    print(f"{'step':>6}  {'random':>8}  {'copy_heads':>10}")
+    print(f"{'step':>6}" + "".join(f"  {k:>10}" for k in INITS))
     for step in range(a.steps + 1):
         if step % a.every == 0 or step == a.steps:
             p = {k: copy_probability(m, *test) for k, m in models.items()}
-            print(f"{step:>6}  {p['random']:>8.3f}  {p['copy_heads']:>10.3f}", flush=True)
+            print(f"{step:>6}" + "".join(f"  {p[k]:>10.3f}" for k in INITS), flush=True)
         if step < a.steps:
-            ids, mask = repeated_spans(batches, a.rows, a.length, cfg.vocab_size, a.max_gap)
+            ids, mask = repeated_spans(batches, a.rows, a.length, cfg.vocab_size, a.max_gap, spaces=a.spaces)
             for k, m in models.items():
                 _step(m, opts[k], jnp.asarray(ids), jnp.asarray(mask))
 

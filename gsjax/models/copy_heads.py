@@ -21,10 +21,15 @@ query projects the current token with the same A, the key reads the previous-tok
 the slowest rotary frequencies (so a match a few hundred tokens back still scores as a match), and
 the value projects the attended token through C (orthonormal rows, one block per head) and writes
 it back, times `copy_gain`, into the token subspace, so the tied output layer reads it as the next
-token. Every other head's output projection and every MLP's down projection start at zero (a
-common zero-init of residual branches), so nothing else disturbs the circuit at step 0; they learn
-from the first step. The query and key norms of layers 0 and 1 are scaled to `sharpness_prev` and
-`sharpness_copy`, which make the attention sharp.
+token. With `two_back`, layer 0's head H / KV writes the token two positions back into the other
+head_dim // 2 dims (the two-back dims), and the second induction head matches on the pair: its query
+reads the previous-token dims, its key the two-back dims, so it attends to the position two after an
+earlier occurrence of the previous token and predicts what stood there. Copying "SWIFT HILLS" (the
+capitalised split writes it "SWIFT", " ", "HILLS"), the step after the space is decided by "SWIFT",
+not by the space, which every name in the context follows. Every other head's output projection
+and every MLP's down projection start at zero (a common zero-init of residual branches), so nothing
+else disturbs the circuit at step 0; they learn from the first step. The query and key norms of
+layers 0 and 1 are scaled to `sharpness_prev` and `sharpness_copy`, which make the attention sharp.
 
 `python -m gsjax.bench.copy_init` compares both inits on repeated random spans, side by side: at
 step 0 the default tiny shape gives a copyable token a mean probability of about 0.6 with the
@@ -50,6 +55,14 @@ class CopyHeads:
     sharpness_copy: float = 3.0
     copy_gain: float = 6.0
     seed: int = 0
+    # The second induction head matches two tokens back (see `copy_head_weights`): it copies the
+    # token after an earlier occurrence of the previous token's pair, where the current token alone
+    # (a space, a single letter) occurs too often to say which occurrence is being copied.
+    two_back: bool = False
+    # What layer 0 writes to the previous-token (and two-back) dims is scaled by this: the induction
+    # heads' query and key norms undo any scale, while the final norm counts these dims in the RMS
+    # that divides every logit.
+    written_scale: float = 1.0
 
 
 def orthonormal_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -91,6 +104,7 @@ def copy_head_weights(cfg, init: dict[str, np.ndarray], spec: CopyHeads) -> dict
     e, h, kv, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     n = e - d - 1
     const, prev = n, n + 1
+    two = prev + d // 2  # the two-back dims (with `two_back`)
     rng = np.random.default_rng(spec.seed)
     out = {k: np.array(v, np.float32) for k, v in init.items()}
     emb = np.zeros(init["embed"].shape, np.float32)
@@ -110,13 +124,26 @@ def copy_head_weights(cfg, init: dict[str, np.ndarray], spec: CopyHeads) -> dict
         q[const, 0, pair] = 1.0
         k[const, 0, pair], k[const, 0, pair + d // 2] = offset_key(cfg.rope_theta, d, pair, 1)
     v[:n, 0, :len(slow)] = a.T
-    o[0, :len(slow), prev:prev + len(slow)] = np.eye(len(slow))
+    o[0, :len(slow), prev:prev + len(slow)] = spec.written_scale * np.eye(len(slow))
+    if spec.two_back:  # head H / KV (key-value head 1): the token two positions back, to the two-back dims
+        head = h // kv
+        q[:, head] = k[:, 1] = v[:, 1] = 0.0
+        for pair in FAST_PAIRS:
+            q[const, head, pair] = 1.0
+            k[const, 1, pair], k[const, 1, pair + d // 2] = offset_key(cfg.rope_theta, d, pair, 2)
+        v[:n, 1, :len(slow)] = a.T
+        o[head, :len(slow), two:two + len(slow)] = spec.written_scale * np.eye(len(slow))
     q, k, v, o = (out[f"layers.1.self_attn.{w}"] for w in ("q_proj", "k_proj", "v_proj", "o_proj"))
     for kv_head, head in ((0, 0), (1, h // kv)):
         q[:, head] = k[:, kv_head] = v[:, kv_head] = 0.0
+        pair_match = spec.two_back and kv_head == 1
         for j, dim in enumerate(slow):
-            q[:n, head, dim] = a[j]
-            k[prev + j, kv_head, dim] = 1.0
+            if pair_match:  # the previous token here against the token two back there
+                q[prev + j, head, dim] = 1.0
+                k[two + j, kv_head, dim] = 1.0
+            else:  # the current token here against the previous token there
+                q[:n, head, dim] = a[j]
+                k[prev + j, kv_head, dim] = 1.0
         block = c[kv_head * d:(kv_head + 1) * d]
         v[:n, kv_head, :] = block.T
         o[head, :, :n] = spec.copy_gain * block
