@@ -77,11 +77,12 @@ def test_train_names_the_setting_it_does_not_know():
 def test_the_bench_prints_the_inits_side_by_side(capsys):
     bench_main(["--steps", "2", "--every", "1", "--rows", "2", "--length", "64", "--spaces", "0.2"])
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1].split() == ["step", "random", "copy_heads", "two_back"]
+    assert lines[1].split() == ["step", "random", "copy_heads", "two_back", "copy_heads@sp", "two_back@sp"]
     rows = [line.split() for line in lines[2:]]
     assert [r[0] for r in rows] == ["0", "1", "2"]
-    random0, copy0, two0 = (float(v) for v in rows[0][1:])
+    random0, copy0, two0, copy_sp, two_sp = (float(v) for v in rows[0][1:])
     assert random0 < 0.01 < 0.2 < min(copy0, two0)
+    assert copy_sp < copy0 and two_sp > copy_sp  # after a space, the pair decides
 
 
 def test_the_copy_heads_preset_builds_a_policy_that_copies_at_step_0():

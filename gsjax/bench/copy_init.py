@@ -9,7 +9,8 @@ steps, the mean probability they give the copyable tokens of held-out rows (1 / 
 copying): random initialisation, `copy_heads`, and `copy_heads` with its second induction head
 matching two tokens back (`two_back`). With `--spaces`, that share of the tokens is one common
 token (as the capitalised split writes the space before each name), so the token after a space is
-copyable only from the one before it. The default run takes a few minutes on 2 cores.
+copyable only from the one before it; the `@sp` columns give those tokens alone. The default run
+takes a few minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from gsjax.models.losses import token_logprobs
 from gsjax.models.qwen3 import Qwen3, tiny_config
 from gsjax.sft.trainer import SFTConfig, optimizer
 
-INITS = {"random": None, "copy_heads": CopyHeads(), "two_back": CopyHeads(two_back=True)}
+# two_back as configs/grpo.py:copy_heads sets it (model.copy_heads)
+INITS = {"random": None, "copy_heads": CopyHeads(), "two_back": CopyHeads(two_back=True, written_scale=0.3)}
 SPACE = 20  # the common token of `--spaces`
 SHAPE = dict(vocab_size=2048, hidden_size=128, intermediate_size=512, num_layers=2, num_heads=4, num_kv_heads=2,
              head_dim=32)
@@ -100,14 +102,19 @@ def main(argv: list[str] | None = None) -> None:
             for k, m in models.items()}
     test = repeated_spans(np.random.default_rng(10_000 + a.seed), 16, a.length, cfg.vocab_size, a.max_gap,
                           spaces=a.spaces)
+    columns = {k: (k, test[1]) for k in INITS}
+    if a.spaces > 0:  # also the copyable tokens right after a space: only the token before it says which
+        after = np.zeros_like(test[1])
+        after[:, 1:] = test[0][:, :-1] == SPACE
+        columns.update({f"{k}@sp": (k, test[1] * after) for k in INITS if k != "random"})
     batches = np.random.default_rng(a.seed)
     print(f"copyable tokens' mean probability on held-out rows (chance {1 / cfg.vocab_size:.4f}); "
           f"{a.rows} x {a.length} tokens per step, lr {a.lr}")
-    print(f"{'step':>6}" + "".join(f"  {k:>10}" for k in INITS))
+    print(f"{'step':>6}" + "".join(f"  {c:>13}" for c in columns))
     for step in range(a.steps + 1):
         if step % a.every == 0 or step == a.steps:
-            p = {k: copy_probability(m, *test) for k, m in models.items()}
-            print(f"{step:>6}" + "".join(f"  {p[k]:>10.3f}" for k in INITS), flush=True)
+            p = {c: copy_probability(models[k], test[0], mask) for c, (k, mask) in columns.items()}
+            print(f"{step:>6}" + "".join(f"  {p[c]:>13.3f}" for c in columns), flush=True)
         if step < a.steps:
             ids, mask = repeated_spans(batches, a.rows, a.length, cfg.vocab_size, a.max_gap, spaces=a.spaces)
             for k, m in models.items():
