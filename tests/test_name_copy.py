@@ -14,7 +14,7 @@ from gsjax.models.interface import ModelInput
 from gsjax.models.qwen3 import Qwen3, tiny_config
 from gsjax.tokenizer import Tokenizer
 from gsjax.world.build import build_world
-from gsjax.world.expert import is_correct, solve_split
+from gsjax.world.expert import is_correct, solve_split, written_text
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +61,29 @@ def test_scores_count_greedy_guesses_on_the_names():
         ids[t] = (int(greedy[t - 1]) + 1 - 12) % (tok.vocab_size - 12) + 12
         greedy = np.asarray(model.logits(model.hidden_states(ModelInput(jnp.asarray([ids])))).argmax(-1))[0]
     mask = [0] * 5 + [1] * 35
-    s = score(policy, [Probe(ids, mask, [[10, 11, 12], [20, 21, 22]], [10, 11]),
-                       Probe(ids, mask, [], [21, 22])], bucket=64)
+    s = score(policy, [Probe(ids, mask, [[10, 11, 12], [20, 21, 22]], [10, 11], [[20, 21], [10, 11, 12]]),
+                       Probe(ids, mask, [], [21, 22], [[11, 12]])], bucket=64)
     assert s["names"] == 2 and s["names_whole"] == 0.5 and s["name_token_accuracy"] == 0.5
     assert s["scenes"] == 2 and s["scene_whole"] == 0.5
+    assert s["texts"] == 3 and s["text_whole"] == 2 / 3
     assert 0 < s["assistant_nll"] < 2 * np.log(tok.vocab_size)
+
+
+def test_probes_mark_each_copy_of_the_text_the_assistant_writes(solved):
+    """The text a prompt asks for (a motto, a code) where the assistant writes it: the last thought's
+    quote and the answer (the expert here quotes it in both)."""
+    with_text = [(r, written_text(r.episode.answer)) for r in solved if r.key.text]
+    assert with_text
+    texts = [m["content"] for r in solved for m in r.episode.messages]
+    tok = Tokenizer.train_bpe(texts, 600, split="capitalised")
+    items = probes(tok, [r.episode for r, _ in with_text], [r.key.names for r, _ in with_text],
+                   [r.key.scene for r, _ in with_text], [text for _, text in with_text])
+    for item, (r, text) in zip(items, with_text):
+        assert text.upper() == r.key.text.upper()  # the key's text, as the answer writes it
+        assistant = "".join(m["content"] for m in r.episode.messages if m["role"] == "assistant")
+        assert len(item.text_tokens) == assistant.count(f'the text "{text}"') + assistant.count(f'the text \\"{text}') == 2
+        for toks in item.text_tokens:
+            assert text in tok.decode([item.ids[t] for t in toks])
+            assert all(item.mask[t] for t in toks)
+    plain = probes(tok, [r.episode for r, _ in with_text], [r.key.names for r, _ in with_text])
+    assert all(not p.text_tokens for p in plain)  # no texts given: none marked

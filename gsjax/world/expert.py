@@ -230,9 +230,9 @@ def solve(key: AnswerKey, run_tool: RunToolFn, today: datetime.date, limits: Age
 
     answer = Answer(_ordered_prompt(key, refs) if refs else "", tuple(sorted(refs, key=lambda r: r.img_id)))
     if plan:
-        think = f"I have {_needs(key)}" + (f", the text \"{_written_text(answer)}\"." if key.text else ".")
+        think = f"I have {_needs(key)}" + (f", the text \"{written_text(answer)}\"." if key.text else ".")
     else:
-        think = "I have the subject, its looks" + (f" and the text \"{_written_text(answer)}\"." if key.text else ".")
+        think = "I have the subject, its looks" + (f" and the text \"{written_text(answer)}\"." if key.text else ".")
     final = s.episode.on_assistant(f"<think>{think}</think>\n{render_answer(answer)}", "stop")
     if not isinstance(final, Done):  # an answer is never a tool error; kept total all the same
         s.episode.abort(Termination.NO_ANSWER)
@@ -253,7 +253,7 @@ def _needs(key: AnswerKey) -> str:
     return f"the subject, its looks and its {m.group(1) if m else 'text'}"
 
 
-def _written_text(answer: Answer) -> str:
+def written_text(answer: Answer) -> str:
     """The text the answer has the picture show, as it quotes it: the final thought quotes it too, so
     the answer's text is a copy of the nearest quote before it (a copying policy otherwise left the
     sentence out)."""
