@@ -164,6 +164,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         c.tools.local_path = "name"  # no work folder in what the policy reads; recorded in its agent.json
         c.data.expert.recoveries = 0.5  # half the trajectories show a mistaken call, then the right one
         c.data.expert.plan = True  # the first thought says what the picture needs; the last one copies it
+        # the second induction head matches two back: a motto's word after the lone space the capitalised
+        # split writes (docs/training.md, "The text's second word")
+        c.model.copy_heads.update(two_back=True, written_scale=0.3)
         c.rl.lr = 1e-4
         if preset == "cpu_long":
             # The same recipe for 80 GRPO steps (about 75 minutes on 2 cores): where the curve goes

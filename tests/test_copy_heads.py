@@ -98,6 +98,7 @@ def test_the_copy_heads_preset_builds_a_policy_that_copies_at_step_0():
     assert cfg.tools.local_path == "name"  # its image paths show no work folder (the "_" pitfall)
     assert cfg.data.expert.recoveries == 0.5  # a mistaken call before the right one in half the SFT data
     assert cfg.data.expert.plan  # the first thought says what the picture needs, the last copies it
+    assert cfg.model.copy_heads.to_dict() == {"two_back": True, "written_scale": 0.3}
     model = tiny_model(cfg, types.SimpleNamespace(vocab_size=cfg.model.tiny.vocab_size))
     ids, mask = repeated_spans(np.random.default_rng(0), 4, 192, 512, 40, spans=(4, 16))
     assert copy_probability(model, ids, mask) > 0.4

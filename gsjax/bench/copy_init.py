@@ -36,7 +36,7 @@ SHAPE = dict(vocab_size=2048, hidden_size=128, intermediate_size=512, num_layers
 
 def repeated_spans(rng: np.random.Generator, rows: int, length: int, vocab: int, max_gap: int,
                    spans: tuple[int, int] = (4, 24), spaces: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of [span, random filler, the span again, ...] of ids in [20, vocab), and a mask of the
+    """Rows of [span, random filler, the span again, ...] of ids in (SPACE, vocab), and a mask of the
     second copies' tokens that copying predicts (all but each copy's first). A share `spaces` of
     the spans' and fillers' tokens is the one id `SPACE`."""
     def draw(k: int) -> list[int]:

@@ -31,7 +31,7 @@ and every MLP's down projection start at zero (a common zero-init of residual br
 else disturbs the circuit at step 0; they learn from the first step. The query and key norms of
 layers 0 and 1 are scaled to `sharpness_prev` and `sharpness_copy`, which make the attention sharp.
 
-`python -m gsjax.bench.copy_init` compares both inits on repeated random spans, side by side: at
+`python -m gsjax.bench.copy_init` compares the inits on repeated random spans, side by side: at
 step 0 the default tiny shape gives a copyable token a mean probability of about 0.6 with the
 circuit and 1 / vocabulary without.
 """
