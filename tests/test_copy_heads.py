@@ -68,6 +68,13 @@ def test_shapes_the_circuit_cannot_fit_are_refused(change, message):
         copy_head_weights(cfg, init, CopyHeads())
 
 
+@pytest.mark.parametrize("scale", [0.0, -0.3])
+def test_a_written_scale_that_writes_nothing_is_refused(scale):
+    cfg = tiny_config(**SHAPE)
+    with pytest.raises(ValueError, match="model.copy_heads.written_scale must be > 0"):
+        copy_head_weights(cfg, {"embed": np.zeros((cfg.vocab_size, cfg.hidden_size))}, CopyHeads(written_scale=scale))
+
+
 def test_train_names_the_setting_it_does_not_know():
     cfg = ml_collections.ConfigDict(dict(seed=0, model=dict(tiny_init="pretrained")))
     with pytest.raises(ValueError, match="model.tiny_init='pretrained': expected 'random' or 'copy_heads'"):

@@ -101,6 +101,8 @@ def copy_head_weights(cfg, init: dict[str, np.ndarray], spec: CopyHeads) -> dict
     "layers.0.self_attn.q_proj", ...), from their freshly built values; the ones the circuit does
     not touch come back as they were. Pure: numpy in, numpy out."""
     check_shape(cfg)
+    if not spec.written_scale > 0:  # 0 writes nothing for the induction heads' keys to match
+        raise ValueError(f"model.copy_heads.written_scale must be > 0, got {spec.written_scale}")
     e, h, kv, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     n = e - d - 1
     const, prev = n, n + 1
