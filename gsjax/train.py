@@ -166,9 +166,7 @@ def initialise(model, cfg: ml_collections.ConfigDict):
     previous-token head and two induction heads (gsjax/models/copy_heads.py)."""
     how = cfg.model.tiny_init
     if how == "copy_heads":
-        opts = cfg.model.get("copy_heads", {})
-        set_copy_heads(model, CopyHeads(seed=cfg.seed, two_back=bool(opts.get("two_back", False)),
-                                        written_scale=float(opts.get("written_scale", 1.0))))
+        set_copy_heads(model, CopyHeads(seed=cfg.seed, **cfg.model.get("copy_heads", {})))  # model.copy_heads.*
     elif how != "random":
         raise ValueError(f"model.tiny_init={how!r}: expected 'random' or 'copy_heads'")
     return model

@@ -121,20 +121,16 @@ def copy_head_weights(cfg, init: dict[str, np.ndarray], spec: CopyHeads) -> dict
         out[p + "self_attn.o_proj"][:] = 0.0
         out[p + "mlp.down_proj"][:] = 0.0
     q, k, v, o = (out[f"layers.0.self_attn.{w}"] for w in ("q_proj", "k_proj", "v_proj", "o_proj"))
-    q[:, 0] = k[:, 0] = v[:, 0] = 0.0
-    for pair in FAST_PAIRS:
-        q[const, 0, pair] = 1.0
-        k[const, 0, pair], k[const, 0, pair + d // 2] = offset_key(cfg.rope_theta, d, pair, 1)
-    v[:n, 0, :len(slow)] = a.T
-    o[0, :len(slow), prev:prev + len(slow)] = spec.written_scale * np.eye(len(slow))
-    if spec.two_back:  # head H / KV (key-value head 1): the token two positions back, to the two-back dims
-        head = h // kv
-        q[:, head] = k[:, 1] = v[:, 1] = 0.0
+    # Layer 0's position heads: (query head, key-value head, offset, where it writes). The previous
+    # token always; with two_back, head H / KV (key-value head 1) the token two back.
+    position_heads = [(0, 0, 1, prev)] + ([(h // kv, 1, 2, two)] if spec.two_back else [])
+    for head, kv_head, offset, to in position_heads:
+        q[:, head] = k[:, kv_head] = v[:, kv_head] = 0.0
         for pair in FAST_PAIRS:
             q[const, head, pair] = 1.0
-            k[const, 1, pair], k[const, 1, pair + d // 2] = offset_key(cfg.rope_theta, d, pair, 2)
-        v[:n, 1, :len(slow)] = a.T
-        o[head, :len(slow), two:two + len(slow)] = spec.written_scale * np.eye(len(slow))
+            k[const, kv_head, pair], k[const, kv_head, pair + d // 2] = offset_key(cfg.rope_theta, d, pair, offset)
+        v[:n, kv_head, :len(slow)] = a.T
+        o[head, :len(slow), to:to + len(slow)] = spec.written_scale * np.eye(len(slow))
     q, k, v, o = (out[f"layers.1.self_attn.{w}"] for w in ("q_proj", "k_proj", "v_proj", "o_proj"))
     for kv_head, head in ((0, 0), (1, h // kv)):
         q[:, head] = k[:, kv_head] = v[:, kv_head] = 0.0
