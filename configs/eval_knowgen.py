@@ -16,6 +16,7 @@
 
 import ml_collections
 
+from gsjax.agent.protocol import LIMIT_COUNTS
 from gsjax.agent.texts import agent_texts_config
 from gsjax.agent.tools.toolbox import tools_config
 from gsjax.rewards.backends import reward_config
@@ -53,10 +54,14 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c.agent.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tp=1))
     c.agent.seed = 12345  # policy: rollouts seeded per item
     c.agent.today = "2026-01-01"  # the date in the system prompt ("" = today)
-    # Episode limits of the expert and openai agents (a policy uses its own agent.json).
+    # Episode limits of the expert and openai agents (a policy uses its own agent.json's: agent.policy_limits).
     c.agent.limits = ml_collections.ConfigDict(dict(
         max_rounds=9, max_tokens_per_turn=192, max_conversation_tokens=1024, images_per_response=5,
         max_pixels=160000, max_answer_refs=4, prompt="compact"))
+    # policy: episode limits over its agent.json's, field by field (0 = as the policy's agent.json
+    # says), e.g. --config.agent.policy_limits.max_conversation_tokens=1536 with agent.cache_len=1536
+    # (a conversation also ends where the cache does).
+    c.agent.policy_limits = ml_collections.ConfigDict({k: 0 for k in LIMIT_COUNTS})
     # The system prompt and the loop's messages from files ("" = gsjax's own; gsjax/agent/texts.py):
     # system, final, invalid_format, too_long. python -m gsjax.reference_texts writes the reference's.
     # A policy is spoken to as its agent.json says, except where a file is named here.

@@ -202,6 +202,39 @@ def test_policy_backend_runs_a_policy_folder(world, tmp_path):
         assert r["messages"][0]["role"] == "system"
 
 
+def test_policy_limits_override_the_policy_folders_own_count_by_count(world, tmp_path):
+    """agent.limits is for the expert and openai agents; a policy runs under its agent.json's limits
+    except where agent.policy_limits names a count (0 keeps it)."""
+    import datetime
+
+    from flax import nnx
+
+    from gsjax.agent.policy import Policy, save_policy
+    from gsjax.agent.protocol import AgentLimits
+    from gsjax.eval.agents import build_agent
+    from gsjax.models.qwen3 import Qwen3, tiny_config
+    from gsjax.tokenizer import Tokenizer
+
+    tok = Tokenizer.train_bpe(["<think></think><tool_call></tool_call><answer></answer>"], 300)
+    recorded = AgentLimits(prompt="compact", max_rounds=2, max_tokens_per_turn=24, max_conversation_tokens=512)
+    folder = save_policy(Policy(Qwen3(tiny_config(vocab_size=tok.vocab_size), rngs=nnx.Rngs(0)), tok, recorded),
+                         tmp_path / "policy")
+    today = datetime.date(2026, 1, 1)
+
+    def agent(**over):
+        cfg = _cfg(world, tmp_path / "w", agent__backend="policy", agent__policy=str(folder), agent__num_slots=2,
+                   agent__cache_len=64, **{f"agent__policy_limits__{k}": v for k, v in over.items()})
+        return build_agent(cfg.agent, None, world, today)
+
+    assert agent().limits == recorded  # every count 0: the folder's own (agent.limits says 1024 tokens, 9 rounds)
+    longer = agent(max_conversation_tokens=1536, max_tokens_per_turn=32)
+    assert longer.limits == AgentLimits(prompt="compact", max_rounds=2, max_tokens_per_turn=32,
+                                        max_conversation_tokens=1536)
+    assert longer.engine.limits == longer.limits  # what the episodes run under
+    with pytest.raises(ValueError, match=r"agent\.policy_limits\.max_rounds must be a positive int.*-1"):
+        agent(max_rounds=-1)
+
+
 def test_a_policy_is_shown_image_paths_as_its_agent_json_says_it_was_trained_to_read_them(world, tmp_path):
     from flax import nnx
 

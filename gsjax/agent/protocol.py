@@ -82,6 +82,22 @@ class AgentLimits:
         return max(1, self.max_rounds - 1)
 
 
+LIMIT_COUNTS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(AgentLimits) if f.name != "prompt")
+
+
+def override_limits(limits: AgentLimits, over: dict[str, int], key: str) -> AgentLimits:
+    """`limits` with each count of `over` that is not 0 in its place (0 keeps the field as it is);
+    `key` names the setting in errors."""
+    unknown = sorted(set(over) - set(LIMIT_COUNTS))
+    if unknown:
+        raise ValueError(f"{key}: no such limit {unknown}; the limits are {list(LIMIT_COUNTS)}")
+    for name, value in over.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{key}.{name} must be a positive int, or 0 to keep {getattr(limits, name)}, "
+                             f"got {value!r}")
+    return dataclasses.replace(limits, **{k: v for k, v in over.items() if v})
+
+
 PROMPT_STYLES = ("full", "compact")
 TOOL_NAMES: tuple[str, ...] = ("search", "image_search", "browse")
 TOP_K_DEFAULT = 10

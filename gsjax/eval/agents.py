@@ -200,20 +200,24 @@ class PolicyAgent:
 
     def __init__(self, folder: Path | str, toolbox, today: datetime.date, *, num_slots: int = 32,
                  cache_len: int = 1024, temperature: float = 0.6, top_p: float = 0.9, seed: int = 0,
-                 mesh: dict | None = None, texts: AgentTexts = AgentTexts()):
+                 mesh: dict | None = None, texts: AgentTexts = AgentTexts(), limits: dict[str, int] | None = None):
         """The policy in `folder`, spoken to with `texts` where they are set and with its agent.json's
-        texts elsewhere."""
+        texts elsewhere; its agent.json's episode limits, except the counts of `limits` that are not 0
+        (`agent.policy_limits`)."""
         from gsjax.agent.policy import load_policy
+        from gsjax.agent.protocol import AgentLimits, override_limits
         from gsjax.parallel import make_mesh
         from gsjax.sampling import SamplingParams
 
+        override_limits(AgentLimits(), limits or {}, "agent.policy_limits")  # a bad setting fails before the load
         folder = Path(folder)
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"agent.policy {str(folder)!r} is not a policy folder (no config.json); "
                                     "train one with python -m gsjax.train")
         placed = make_mesh(dict(mesh or {"data": -1}))  # the parameters and the sampler on it
         policy = load_policy(folder, placed)
-        self.policy = dataclasses.replace(policy, texts=texts.over(policy.texts))
+        self.policy = dataclasses.replace(policy, texts=texts.over(policy.texts),
+                                          limits=override_limits(policy.limits, limits or {}, "agent.policy_limits"))
         self.limits = self.policy.limits
         sampler = self.policy.sampler(num_slots, cache_len, seed=seed, mesh=placed,
                                       sampling=SamplingParams(temperature=temperature, top_p=top_p))
@@ -251,7 +255,8 @@ def build_agent(cfg, toolbox, world_dir: Path | str | None, today: datetime.date
                              "(e.g. runs/grpo/policy_grpo written by python -m gsjax.train)")
         return PolicyAgent(cfg.policy, toolbox, today, num_slots=cfg.num_slots, cache_len=cfg.cache_len,
                            temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
-                           mesh=cfg.mesh.to_dict() if "mesh" in cfg else None, texts=texts)
+                           mesh=cfg.mesh.to_dict() if "mesh" in cfg else None, texts=texts,
+                           limits=cfg.policy_limits.to_dict() if "policy_limits" in cfg else None)
     if backend == "openai":
         return OpenAIAgent(cfg.base_url, cfg.model, toolbox, today, limits, key_env=cfg.key_env,
                            temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
