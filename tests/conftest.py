@@ -24,6 +24,20 @@ else:
     _XLA_CACHE = None  # the caller's, or the first process's (this is a worker): not ours to remove
 
 
+# XLA's CPU backend without LLVM's optimisation passes: most of the suite's time is compiling tiny
+# programs (about half of it in-process, a fifth op by op), and at level 0 a compile is 25-40%
+# shorter while the tiny programs run about as fast. tests/test_learner.py, test_qwen3_vl.py and
+# test_sft.py together, both ways side by side on this machine: 286 s against 302 s. Numerics are
+# XLA's own either way (no fast-math at any level); every parity test passes at this level.
+# The multi-device workers and gsjax.train runs tests start get it too (subprocess_env.worker_env),
+# except tests/test_multihost.py's: its fixture trains 300 steps, where run time counts.
+sys.path.insert(0, str(Path(__file__).parent))
+from subprocess_env import SUITE_XLA_FLAGS  # noqa: E402
+
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + SUITE_XLA_FLAGS).strip()
+
+
 def pytest_unconfigure(config):
     if _XLA_CACHE is not None:
         shutil.rmtree(_XLA_CACHE, ignore_errors=True)

@@ -18,11 +18,14 @@ PROMPTS = [[1, 2, 3], [4, 5, 6, 7], [8, 9]]
 TARGET = 17  # the completion the reward pays for
 
 
+@nnx.jit
+def _last_logits(model, tokens):
+    return model(ModelInput(tokens))[0, -1]
+
+
 def _p_target(model):
-    probs = []
-    for p in PROMPTS:
-        logits = model(ModelInput(jnp.asarray([p])))[0, -1]
-        probs.append(float(jax.nn.softmax(logits)[TARGET]))
+    # jitted: called eagerly, the model compiled each of its few hundred operations apart (26 s of this test)
+    probs = [float(jax.nn.softmax(_last_logits(model, jnp.asarray([p])))[TARGET]) for p in PROMPTS]
     return float(np.mean(probs))
 
 

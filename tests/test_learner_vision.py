@@ -31,6 +31,7 @@ from gsjax.rl.trainer import GRPOConfig, GRPOTrainer, Sample, pack_samples, step
 from gsjax.sft.data import SFTImages, encode, pack
 from gsjax.sft.trainer import SFTConfig, SFTTrainer
 from gsjax.tokenizer import Tokenizer
+from subprocess_env import worker_env
 
 CFG = vl_config()
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,7 +123,7 @@ def test_b_micro_batched_step_with_images_equals_the_one_micro_batch_step():
 
 
 def test_c_vl_forward_and_gradients_on_an_8_device_mesh_equal_one_device():
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = worker_env()
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "learner_vision_worker.py"), "compare"],
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -148,7 +149,7 @@ def test_c_two_processes_each_with_its_own_images_equal_one_process(tmp_path):
     import socket
 
     cmd = [str(ROOT / "tests" / "learner_vision_worker.py")]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = worker_env()
     env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
     one = _worker_json(subprocess.run([sys.executable, *cmd, '{"data": 1}'], env=env, capture_output=True,
                                       text=True, timeout=600))

@@ -10,11 +10,12 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from gsjax.parallel import logical_to_spec, mesh_shape
+from subprocess_env import worker_env
 
 
 @pytest.fixture(scope="module")
 def mesh_results():
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = worker_env()
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).parent / "mesh_worker.py")],
         capture_output=True, text=True, timeout=600, env=env,

@@ -9,11 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from subprocess_env import worker_env
 
 
 @pytest.fixture(scope="module")
 def results():
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = worker_env()
     proc = subprocess.run([sys.executable, str(Path(__file__).parent / "qwen_image_mesh_worker.py")],
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]

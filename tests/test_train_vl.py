@@ -17,6 +17,7 @@ import torch
 from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
 from gsjax.tokenizer import Tokenizer
+from subprocess_env import worker_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +47,7 @@ def test_training_starts_from_a_qwen3vl_folder_and_exports_one(tmp_path):
     folder = tmp_path / "Gen-Searcher-SFT-tiny"
     _tiny_qwen3vl_folder(folder)
     workdir = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
+    env = worker_env() | {"JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-m", "gsjax.train", "--config=configs/grpo.py:test",
                            f"--config.workdir={workdir}", f"--config.model.path={folder}", "--config.sft.steps=2",
                            "--config.rl.steps=1", "--config.eval.prompts=2", "--config.agent.limits.max_pixels=1024",
@@ -93,7 +94,7 @@ def test_image_only_preset_trains_a_tiny_vlm_that_sees_the_photos(tmp_path):
     """`configs/grpo.py:image_only` at test size: the world's looks are only in photos, the tiny
     Qwen3-VL is shown each 96x96 photo as 144 patches (36 image tokens), in SFT and in rollouts."""
     workdir = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
+    env = worker_env() | {"JAX_PLATFORMS": "cpu"}
     test_size = ["--config.data.world_size.n_train_entities=40", "--config.data.world_size.n_eval_entities=12",
                  "--config.data.world_size.n_train_prompts=60", "--config.data.world_size.n_eval_prompts=4",
                  "--config.data.expert.sft_prompts=40", "--config.sft.steps=2", "--config.rl.steps=1",

@@ -21,6 +21,7 @@ from flax import nnx
 
 from gsjax.models.attention import _key_runs, segment_attention
 from gsjax.models.qwen3_vl_vision import VisionTower, tiny_vision_config, vision_layout
+from subprocess_env import worker_env
 
 FP32_TOL = 1e-5
 H, D = 3, 16
@@ -145,7 +146,7 @@ def test_vision_tower_output_and_gradients_equal_with_plain_and_blocked():
 
 
 def test_blocked_on_a_mesh_keeps_queries_sharded_and_holds_no_patches_by_patches_array():
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
+    env = worker_env() | {"JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, str(WORKER), "segments"], capture_output=True, text=True, timeout=300,
                           env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
