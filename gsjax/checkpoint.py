@@ -29,6 +29,10 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def steps(self) -> list[int]:
+        """The steps held, oldest first."""
+        return sorted(self._manager.all_steps())
+
     def restore(self, template: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
         """(state, record) of checkpoint `step` (default: the latest), shaped and placed like
         `template`."""

@@ -191,13 +191,42 @@ def _restore(ckpt: Checkpointer, trainer) -> dict | None:
     """Put the latest checkpoint's parameters and optimizer state into `trainer`; its record."""
     if ckpt.latest_step() is None:
         return None
-    state, record = ckpt.restore({"params": trainer.params, "opt": trainer.opt_state})
+    return _restore_step(ckpt, trainer, None)
+
+
+def _restore_step(ckpt: Checkpointer, trainer, step: int | None) -> dict:
+    """Put checkpoint `step`'s (None: the latest's) parameters and optimizer state into `trainer`;
+    its record."""
+    state, record = ckpt.restore({"params": trainer.params, "opt": trainer.opt_state}, step)
     trainer.params, trainer.opt_state = state["params"], state["opt"]
     return record
 
 
 def _save(ckpt: Checkpointer, trainer, record: dict) -> None:
     ckpt.save(record["step"], {"params": trainer.params, "opt": trainer.opt_state}, record)
+
+
+def sft_trainer(cfg: ml_collections.ConfigDict, model, mesh) -> SFTTrainer:
+    """The SFT learner of `cfg.sft` over `model`: its parameters and optimizer state are what
+    `ckpt_sft/` holds."""
+    s = cfg.sft
+    return SFTTrainer(model, SFTConfig(steps=s.steps, lr=s.lr, warmup_frac=s.warmup_frac, weight_decay=s.weight_decay,
+                                       clip_norm=s.clip_norm, micro_batch_tokens=s.micro_batch_tokens,
+                                       vocab_chunk=s.vocab_chunk, train_vision=s.train_vision), mesh=mesh)
+
+
+def grpo_trainer(cfg: ml_collections.ConfigDict, model, mesh) -> GRPOTrainer:
+    """The GRPO learner of `cfg.rl` over `model` (it donates the parameters it is given): its
+    parameters and optimizer state are what `ckpt_grpo/` holds."""
+    r = cfg.rl
+    loss = LossConfig(clip_low=r.clip_low, clip_high=r.clip_high, dual_clip=r.dual_clip or None,
+                      kl_coef=r.kl_coef, agg=r.loss_agg, mismatch_cap=r.mismatch_cap or None)
+    return GRPOTrainer(model, GRPOConfig(
+        lr=r.lr, weight_decay=r.weight_decay, clip_norm=r.clip_norm, temperature=r.temperature,
+        normalize_std=r.normalize_std, drop_degenerate_groups=r.drop_degenerate_groups,
+        filtering=parse_filtering(r.filtering), loss=loss,
+        row_len=learner_row_len(cfg), micro_batch_tokens=r.micro_batch_tokens, vocab_chunk=r.vocab_chunk,
+        train_vision=r.train_vision), mesh=mesh)
 
 
 def sft_images(policy: Policy) -> dict:
@@ -233,11 +262,7 @@ def sft_phase(cfg: ml_collections.ConfigDict, workdir: Path, policy: Policy, exa
     if shown:
         log.info("SFT: %d images shown to the policy as pixels (%d patches)", shown,
                  sum(int(e.image_grids.prod(axis=1).sum()) for e in encoded if e.image_grids is not None))
-    trainer = SFTTrainer(policy.model, SFTConfig(steps=s.steps, lr=s.lr, warmup_frac=s.warmup_frac,
-                                                  weight_decay=s.weight_decay, clip_norm=s.clip_norm,
-                                                  micro_batch_tokens=s.micro_batch_tokens, vocab_chunk=s.vocab_chunk,
-                                                  train_vision=s.train_vision),
-                         mesh=mesh)
+    trainer = sft_trainer(cfg, policy.model, mesh)
     data = batches(encoded, s.row_len, s.rows_per_batch, cfg.seed)
     with Checkpointer(workdir / "ckpt_sft", keep=s.keep_checkpoints) as ckpt:
         start = 0
@@ -279,17 +304,10 @@ def grpo_phase(cfg: ml_collections.ConfigDict, workdir: Path, policy: Policy, pr
     if r.prompts_per_step % jax.process_count():
         raise ValueError(f"rl.prompts_per_step={r.prompts_per_step} does not divide over {jax.process_count()} "
                          "processes (each rolls out whole groups)")
-    loss = LossConfig(clip_low=r.clip_low, clip_high=r.clip_high, dual_clip=r.dual_clip or None,
-                      kl_coef=r.kl_coef, agg=r.loss_agg, mismatch_cap=r.mismatch_cap or None)
     # The trainer donates its parameters on every step: give it its own copy, the SFT policy is
     # still evaluated afterwards.
     graphdef, state = nnx.split(policy.model)
-    trainer = GRPOTrainer(nnx.merge(graphdef, jax.tree.map(jnp.copy, state)), GRPOConfig(
-        lr=r.lr, weight_decay=r.weight_decay, clip_norm=r.clip_norm, temperature=r.temperature,
-        normalize_std=r.normalize_std, drop_degenerate_groups=r.drop_degenerate_groups,
-        filtering=parse_filtering(r.filtering), loss=loss,
-        row_len=learner_row_len(cfg), micro_batch_tokens=r.micro_batch_tokens, vocab_chunk=r.vocab_chunk,
-        train_vision=r.train_vision), mesh=mesh)
+    trainer = grpo_trainer(cfg, nnx.merge(graphdef, jax.tree.map(jnp.copy, state)), mesh)
     # The rollouts sample as the learner scores them (rl.*), whatever a reused policy's agent.json says.
     sampler = policy.sampler(r.num_slots, r.cache_len, seed=cfg.seed, mesh=process_mesh(mesh), sampling=rl_sampling(cfg))
     loop = GRPOLoop(trainer, policy.engine(sampler, toolbox, today), rewards, r.group_size)
