@@ -24,15 +24,21 @@ import time
 from pathlib import Path
 
 import pytest
+from subprocess_env import SUITE_XLA_FLAGS
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch" / "gpu_hosts.sh"
 TOOL_ROUTES = ("/search", "/images", "/reader")  # one request per query / call; images are files
 
 
-def _env(**extra) -> dict:
+def _xla_flags(devices: int = 1) -> str:
+    """The suite's XLA flags (compiles at optimisation level 0), with `devices` simulated CPU devices."""
+    return SUITE_XLA_FLAGS + (f" --xla_force_host_platform_device_count={devices}" if devices > 1 else "")
+
+
+def _env(xla_flags: str = SUITE_XLA_FLAGS, **extra) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **extra)
+    env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", XLA_FLAGS=xla_flags, **extra)
     return env
 
 
@@ -102,7 +108,8 @@ def world(tmp_path_factory):
     pre = base / "pre"
     proc = subprocess.run([sys.executable, "-m", "gsjax.train", "--config=configs/grpo.py:test",
                            f"--config.workdir={pre}", "--config.sft.steps=300", "--config.sft.checkpoint_every=1000",
-                           "--config.rl.steps=0", "--config.eval.prompts=0", *MODEL], cwd=ROOT, env=_env(),
+                           "--config.rl.steps=0", "--config.eval.prompts=0", *MODEL], cwd=ROOT,
+                          env=_env(xla_flags=""),  # 300 steps: run time counts here, XLA's default level
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     server = WorldServer(Corpus.load(pre / "world")).start()
@@ -127,12 +134,11 @@ def _start(workdir: Path, world, devices: int, processes: int, mesh: dict) -> su
     base, policy, server = world
     args = _train_args(workdir, policy, server, mesh)
     if processes == 1:
-        env = _env(**({"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"} if devices > 1 else {}))
+        env = _env(xla_flags=_xla_flags(devices))
         cmd = [sys.executable] + args
     else:
         hosts = base / f"hosts-{workdir.name}"
-        hosts.write_text("".join(f"localhost XLA_FLAGS=--xla_force_host_platform_device_count={devices}\n"
-                                 for _ in range(processes)))
+        hosts.write_text("".join(f"localhost XLA_FLAGS='{_xla_flags(devices)}'\n" for _ in range(processes)))
         env = _env(GSJAX_COORDINATOR_PORT=str(_free_port()), VIRTUAL_ENV=str(Path(sys.executable).parents[1]))
         cmd = ["bash", str(LAUNCH), str(hosts), "--", "python"] + args
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -246,7 +252,7 @@ def test_two_processes_train_as_one_call_each_tool_once_and_resume_exactly_after
 
 def _eval(world, workdir: Path, devices: int, mesh: dict) -> list[dict]:
     base, policy, _ = world
-    env = _env(**({"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"} if devices > 1 else {}))
+    env = _env(xla_flags=_xla_flags(devices))
     args = ["-m", "gsjax.eval", "--config=configs/eval_knowgen.py:test", f"--config.workdir={workdir}",
             f"--config.data.world_dir={base / 'pre' / 'world'}", "--config.data.limit=4", "--config.eval.baseline=false",
             "--config.agent.backend=policy", f"--config.agent.policy={policy}", "--config.agent.num_slots=8",

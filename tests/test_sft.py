@@ -98,6 +98,7 @@ def test_sft_loss_falls_on_expert_trajectories(data):
     encoded = [encode(tok, e, max_len=1024) for e in examples]
     model = Qwen3(tiny_config(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=256), rngs=nnx.Rngs(0))
     trainer = SFTTrainer(model, SFTConfig(steps=40, lr=3e-3, warmup_frac=0.1))
-    losses = trainer.fit(batches(encoded, row_len=1024, rows_per_batch=4, seed=0), progress=False)
+    # 2 rows a step (4 took the suite 40 s more): the last losses are 0.53 of the first here
+    losses = trainer.fit(batches(encoded, row_len=1024, rows_per_batch=2, seed=0), progress=False)
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:3]), (losses[:3], losses[-5:])
     assert trainer.compiles == 1
