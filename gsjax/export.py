@@ -58,7 +58,7 @@ def _start_policy(cfg: ml_collections.ConfigDict, workdir: Path, phase: str, mes
 
     sft_out = workdir / "policy_sft"
     if phase == "grpo" and (sft_out / AGENT_FILE).is_file():
-        return load_policy(sft_out, mesh, **run_settings(cfg))
+        return load_policy(sft_out, mesh, progress=True, **run_settings(cfg))
     if phase == "grpo" and cfg.sft.steps > 0:
         raise FileNotFoundError(f"{str(sft_out)!r} is missing: GRPO started from the SFT policy that folder holds")
     folder = workdir / "tokenizer" if cfg.data.world else Path(cfg.model.path)
