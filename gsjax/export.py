@@ -69,7 +69,7 @@ def _start_policy(cfg: ml_collections.ConfigDict, workdir: Path, phase: str, mes
 
 def export(workdir: Path | str, out: Path | str, phase: str | None = None, step: int | None = None) -> Path:
     """Write checkpoint `step` of `phase` in run `workdir` to `out` as a policy folder; returns it."""
-    from gsjax.train import _restore_step, grpo_trainer, sft_trainer
+    from gsjax.train import grpo_trainer, restore_step, sft_trainer
 
     workdir, out = Path(workdir), Path(out)
     cfg = run_config(workdir)
@@ -90,7 +90,7 @@ def export(workdir: Path | str, out: Path | str, phase: str | None = None, step:
     policy = _start_policy(cfg, workdir, phase, mesh)
     trainer = (sft_trainer if phase == "sft" else grpo_trainer)(cfg, policy.model, mesh)
     with Checkpointer(workdir / PHASES[phase]) as ckpt:
-        record = _restore_step(ckpt, trainer, step)
+        record = restore_step(ckpt, trainer, step)
     save_policy(dataclasses.replace(policy, model=trainer.model), out)
     log.info("%s step %d of %s -> %s", phase.upper(), record["step"], workdir, out)
     return out

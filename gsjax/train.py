@@ -191,10 +191,10 @@ def _restore(ckpt: Checkpointer, trainer) -> dict | None:
     """Put the latest checkpoint's parameters and optimizer state into `trainer`; its record."""
     if ckpt.latest_step() is None:
         return None
-    return _restore_step(ckpt, trainer, None)
+    return restore_step(ckpt, trainer, None)
 
 
-def _restore_step(ckpt: Checkpointer, trainer, step: int | None) -> dict:
+def restore_step(ckpt: Checkpointer, trainer, step: int | None) -> dict:
     """Put checkpoint `step`'s (None: the latest's) parameters and optimizer state into `trainer`;
     its record."""
     state, record = ckpt.restore({"params": trainer.params, "opt": trainer.opt_state}, step)
