@@ -42,7 +42,6 @@ def pytest_unconfigure(config):
     if _XLA_CACHE is not None:
         shutil.rmtree(_XLA_CACHE, ignore_errors=True)
 
-sys.path.insert(0, str(Path(__file__).parent))
 
 # The longest files first (by their time under `make test`): with `-n 2 --dist loadfile` a file runs
 # whole on one worker, and test_multihost.py alone is about half of one worker's share (13-14 of

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
-from subprocess_env import SUITE_XLA_FLAGS
+from subprocess_env import SUITE_XLA_FLAGS, worker_env
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch" / "gpu_hosts.sh"
@@ -37,9 +37,7 @@ def _xla_flags(devices: int = 1) -> str:
 
 
 def _env(xla_flags: str = SUITE_XLA_FLAGS, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", XLA_FLAGS=xla_flags, **extra)
-    return env
+    return worker_env(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", XLA_FLAGS=xla_flags, **extra)
 
 
 def _hosts(tmp: Path, devices: int, processes: int = 2, port: int = 0) -> Path:

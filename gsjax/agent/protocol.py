@@ -93,8 +93,7 @@ def override_limits(limits: AgentLimits, over: dict[str, int], key: str) -> Agen
         raise ValueError(f"{key}: no such limit {unknown}; the limits are {list(LIMIT_COUNTS)}")
     for name, value in over.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"{key}.{name} must be a positive int, or 0 to keep {getattr(limits, name)}, "
-                             f"got {value!r}")
+            raise ValueError(f"{key}.{name} must be a positive int, or 0 to keep the limit as it is, got {value!r}")
     return dataclasses.replace(limits, **{k: v for k, v in over.items() if v})
 
 
