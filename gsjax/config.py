@@ -2,7 +2,8 @@
 
 On the command line they are given as `--config=configs/NAME.py[:preset]` with
 `--config.a.b=value` overrides (`from_argv`); `load` does the same from Python. A key that does not
-exist fails with the nearest valid names.
+exist fails with the nearest valid names. The shipped configs live in the package (`gsjax/configs/`),
+so `configs/grpo.py` is found from any folder; a file of that path under the current folder wins.
 """
 
 from __future__ import annotations
@@ -24,15 +25,39 @@ class ConfigKeyError(KeyError):
         return str(self.args[0])
 
 
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def shipped() -> list[str]:
+    """The configs shipped with gsjax, as `--config` spells them (`configs/grpo.py`)."""
+    return sorted(f"configs/{p.name}" for p in (PACKAGE_DIR / "configs").glob("*.py") if p.name != "__init__.py")
+
+
+def resolve(path: str) -> Path:
+    """The config file `path` names: the file itself when it exists, else for a relative path the
+    shipped one (`configs/grpo.py` is `gsjax/configs/grpo.py` of the installed package)."""
+    given = Path(path)
+    if given.is_file():
+        return given
+    if not given.is_absolute() and (PACKAGE_DIR / given).is_file() and given.parts[0] == "configs":
+        return PACKAGE_DIR / given
+    raise FileNotFoundError(f"config file {path!r} not found (neither under {str(Path.cwd())!r} nor shipped with "
+                            f"gsjax: {', '.join(shipped())})")
+
+
+def module(path: str):
+    """The config module of `path` (see `resolve`), executed."""
+    file = resolve(path)
+    module_spec = importlib.util.spec_from_file_location(f"gsjax_config_{file.stem}", file)
+    mod = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(mod)
+    return mod
+
+
 def load(spec: str, **overrides) -> ml_collections.ConfigDict:
     """Load `path/to/config.py[:preset]`, then apply dotted-key overrides (`a__b=1` for `a.b`)."""
     path, _, preset = spec.partition(":")
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"config file {path!r} not found (from {spec!r})")
-    module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    cfg = module.get_config(preset or None)
+    cfg = module(path).get_config(preset or None)
     for key, value in overrides.items():
         override(cfg, key.replace("__", "."), value, spec)
     return cfg
@@ -140,9 +165,38 @@ def save(cfg: ml_collections.ConfigDict, path: Path | str) -> Path:
     return path
 
 
-def cli(argv: list[str], default: str) -> ml_collections.ConfigDict:
-    """`from_argv` for a `main`: a bad argument, key or value exits with its message, no traceback."""
+HELP_FLAGS = ("-h", "--help")
+
+
+def help_text(argv: list[str], default: str, doc: str) -> str:
+    """What `--help` prints for an entry point taking a config: `doc` (its module docstring), the
+    config file's own docstring and presets, then every key with its default, as a command line sets it
+    (the keys of `--config=...:preset` when the command line names one)."""
+    spec = next((a.partition("=")[2] for a in argv if a.startswith("--config=")), default)
+    path, _, preset = spec.partition(":")
+    mod = module(path)
+    cfg = mod.get_config(preset or None)
+    lines = [doc.strip(), "", f"config: --config={path}[:preset]  (the file: {resolve(path)})"]
+    if mod.__doc__:
+        lines += ["", *("  " + line if line else "" for line in mod.__doc__.strip().splitlines())]
+    lines += ["", f"presets: {', '.join(getattr(mod, 'PRESETS', ('default',)))}",
+              "", f"keys of {spec} with their defaults (set any with --config.KEY=VALUE):"]
+    for dotted in keys(cfg):
+        value = cfg
+        for part in dotted.split("."):
+            value = value[part]
+        if not isinstance(value, ml_collections.ConfigDict):
+            lines.append(f"  --config.{dotted}={value if isinstance(value, str) else repr(value)}")
+    return "\n".join(lines)
+
+
+def cli(argv: list[str], default: str, doc: str = "") -> ml_collections.ConfigDict:
+    """`from_argv` for a `main`: a bad argument, key or value exits with its message, no traceback;
+    `-h`/`--help` prints `help_text` and exits 0."""
     try:
+        if any(a in HELP_FLAGS for a in argv):
+            print(help_text(argv, default, doc))
+            raise SystemExit(0)
         return from_argv(argv, default)
     except (KeyError, ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None

@@ -81,6 +81,9 @@ def generate(prompt: str, cfg: ml_collections.ConfigDict, out_dir: Path | str) -
 
 
 def main(argv: list[str]) -> None:
+    if any(a in config_lib.HELP_FLAGS for a in argv):
+        config_lib.cli([a for a in argv if a.startswith("--config")] + ["--help"], "configs/eval_knowgen.py",
+                       __doc__ + "\n" + USAGE)
     prompts = [a for a in argv if not a.startswith("--")]
     outs = [a.partition("=")[2] for a in argv if a.startswith("--out=")]
     rest = [a for a in argv if a.startswith("--") and not a.startswith("--out=")]

@@ -586,7 +586,9 @@ def resident_bytes(measured: Sequence[Measured]) -> dict[str, int] | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gsjax.plan", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__ + "\nEvery other argument is the config's: --config=configs/NAME.py[:preset] "
+                                     "and --config.KEY=VALUE (`python -m gsjax.train --config=... --help` lists the keys).")
     parser.add_argument("--topology", required=True, help="cpu:N, or a Cloud TPU name (v5p-16, v6e-8, ...)")
     parser.add_argument("--mfu", type=float, default=0.4, help="model FLOP utilisation for the implied step times")
     parser.add_argument("--programs", default="all", help="comma-separated: rollout, grpo, sft (default all the config runs)")

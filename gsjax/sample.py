@@ -105,7 +105,7 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
 
 def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    run(config_lib.cli(argv, "configs/sample.py"))
+    run(config_lib.cli(argv, "configs/sample.py", __doc__))
 
 
 if __name__ == "__main__":

@@ -501,7 +501,7 @@ def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
     for noisy in ("bm25s", "absl", "orbax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    cfg = config_lib.cli(argv, "configs/grpo.py")
+    cfg = config_lib.cli(argv, "configs/grpo.py", __doc__)
     try:
         run(cfg)
     except BaseException:

@@ -23,7 +23,7 @@ def world(tmp_path_factory):
 
 
 def _cfg(world, **kw):
-    return config_lib.load(str(ROOT / "configs/eval_knowgen.py") + ":test", data__world_dir=str(world), **kw)
+    return config_lib.load("configs/eval_knowgen.py" + ":test", data__world_dir=str(world), **kw)
 
 
 def test_generate_writes_image_trajectory_and_answer(world, tmp_path):
@@ -48,7 +48,7 @@ def test_no_search_generate_sends_the_original_prompt(world, tmp_path):
 
 
 def test_cli_refuses_a_prompt_the_expert_cannot_solve_and_bad_arguments(world, tmp_path, capsys):
-    argv = ["a cat on the moon", f"--out={tmp_path / 'o'}", f"--config={ROOT / 'configs/eval_knowgen.py'}:test",
+    argv = ["a cat on the moon", f"--out={tmp_path / 'o'}", f"--config=configs/eval_knowgen.py:test",
             f"--config.data.world_dir={world}", f"--config.workdir={tmp_path / 'w'}"]
     with pytest.raises(SystemExit, match="solves only the offline world's own prompts; use one of them"):
         generate.main(argv)

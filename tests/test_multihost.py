@@ -106,7 +106,8 @@ def world(tmp_path_factory):
     pre = base / "pre"
     proc = subprocess.run([sys.executable, "-m", "gsjax.train", "--config=configs/grpo.py:test",
                            f"--config.workdir={pre}", "--config.sft.steps=300", "--config.sft.checkpoint_every=1000",
-                           "--config.rl.steps=0", "--config.eval.prompts=0", *MODEL], cwd=ROOT,
+                           "--config.rl.steps=0", "--config.eval.prompts=0", *MODEL],
+                          cwd=base,  # outside the checkout: the preset is found in the installed package
                           env=_env(xla_flags=""),  # 300 steps: run time counts here, XLA's default level
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""The data pipeline: a teacher agent runs over prompts, its trajectories are judged with the
+r"""The data pipeline: a teacher agent runs over prompts, its trajectories are judged with the
 reward (generator + image and text judges, `RewardComputer`), filtered by reward, and written in
 the released formats.
 
@@ -137,11 +137,11 @@ def main(argv: list[str]) -> None:
         name, eq, value = arg.partition("=")
         if name in ("--prompts", "--out", "--min-reward", "--limit") and eq:
             opts[name] = value
-        elif arg.startswith("--config"):
+        elif arg.startswith("--config") or arg in config_lib.HELP_FLAGS:
             rest.append(arg)
         else:
             raise SystemExit(f"unknown argument {arg!r}\n{USAGE}")
-    cfg = config_lib.cli(rest, "configs/eval_knowgen.py")
+    cfg = config_lib.cli(rest, "configs/eval_knowgen.py", __doc__)
     try:
         summary = synthesize(cfg, opts.get("--out", "runs/synthesize"), opts.get("--prompts"),
                              float(opts.get("--min-reward", 0.8)), int(opts.get("--limit", 0)))

@@ -186,7 +186,7 @@ def _headline(s: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    cfg = config_lib.cli(argv, "configs/eval_knowgen.py")
+    cfg = config_lib.cli(argv, "configs/eval_knowgen.py", __doc__)
     try:
         run(cfg)
     except (ValueError, FileNotFoundError) as e:

@@ -1,4 +1,4 @@
-"""WISE evaluation: an agent and the image generator over a WISE file, judged from each prompt and
+r"""WISE evaluation: an agent and the image generator over a WISE file, judged from each prompt and
 its explanation (WISE has no ground-truth images); WiScore under both protocols (the paper's
 0-2 scores and WISE_Verified's binary one).
 
@@ -21,13 +21,15 @@ import ml_collections
 from gsjax import config as config_lib
 
 # WISE_Verified's prompts in the shared benchmark folder beside the checkout, where it exists.
-SHARED_WISE = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "wise" / "verified_merge.json"
+SHARED_WISE = Path(__file__).resolve().parents[3] / "shared" / "benchmarks" / "wise" / "verified_merge.json"
+
+PRESETS = ("default", "test", "openai")
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     base = {"test": "test", "openai": "openai"}.get(preset or "", None)
-    if preset not in (None, "", "default", "test", "openai"):
-        raise ValueError(f"unknown preset {preset!r} for configs/eval_wise.py; expected default, test or openai")
+    if preset not in (None, "", *PRESETS):
+        raise ValueError(f"unknown preset {preset!r} for configs/eval_wise.py; expected one of {', '.join(PRESETS)}")
     knowgen = str(Path(__file__).with_name("eval_knowgen.py"))
     c = config_lib.load(knowgen + (f":{base}" if base else ""))
     c.benchmark = "wise"

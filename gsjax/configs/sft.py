@@ -1,4 +1,4 @@
-"""SFT only, then the held-out evaluation of the SFT policy (and its no-search baseline).
+r"""SFT only, then the held-out evaluation of the SFT policy (and its no-search baseline).
 
   python -m gsjax.train --config=configs/sft.py            # offline world, tiny policy, CPU
   python -m gsjax.train --config=configs/sft.py:qwen3_8b --config.model.path=/ckpt/Qwen3-8B \
@@ -13,15 +13,18 @@ from pathlib import Path
 import ml_collections
 
 
-def grpo_config(preset):
+def _grpo():
     spec = importlib.util.spec_from_file_location("grpo_config", Path(__file__).with_name("grpo.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config(preset)
+    return module
+
+
+PRESETS = _grpo().PRESETS  # configs/grpo.py's, with GRPO off
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
-    c = grpo_config(preset)
+    c = _grpo().get_config(preset)
     c.rl.steps = 0
     c.workdir = c.workdir.replace("grpo", "sft")
     if preset in ("qwen3_8b", "qwen3vl_8b"):

@@ -11,6 +11,8 @@
 
 import ml_collections
 
+PRESETS = ("tiny", "qwen3_8b")
+
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -42,5 +44,5 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         c.max_new_tokens = 512
         c.cache_len = 8192
     else:
-        raise ValueError(f"unknown preset {preset!r} for configs/sample.py; expected tiny or qwen3_8b")
+        raise ValueError(f"unknown preset {preset!r} for configs/sample.py; expected one of {', '.join(PRESETS)}")
     return c

@@ -1,4 +1,4 @@
-"""SFT warm start, then agentic GRPO, then held-out evaluation.
+r"""SFT warm start, then agentic GRPO, then held-out evaluation.
 
   python -m gsjax.train --config=configs/grpo.py
       The embedded default: the offline world and a tiny policy on the CPU (2 layers, d=128, a
@@ -21,6 +21,8 @@ import ml_collections
 from gsjax.agent.texts import agent_texts_config
 from gsjax.agent.tools.toolbox import tools_config
 from gsjax.rewards.backends import reward_config
+
+PRESETS = ("default", "test", "image_only", "copy_heads", "cpu_long", "qwen3_8b", "qwen3vl_8b")
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
@@ -207,5 +209,5 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         c.reward.update(generator="http", judge="openai")
         c.eval.update(prompts=630, temperature=0.6, top_p=0.9, num_slots=16)
     else:
-        raise ValueError(f"unknown preset {preset!r} for configs/grpo.py; expected default, test, image_only, copy_heads, cpu_long, qwen3_8b or qwen3vl_8b")
+        raise ValueError(f"unknown preset {preset!r} for configs/grpo.py; expected one of {', '.join(PRESETS)}")
     return c

@@ -1,4 +1,4 @@
-"""KnowGen evaluation: an agent, the image generator and the image judge over a KnowGen-format file.
+r"""KnowGen evaluation: an agent, the image generator and the image judge over a KnowGen-format file.
 
   python -m gsjax.eval --config=configs/eval_knowgen.py
       The embedded default: the offline world's 100 held-out prompts (the same world as
@@ -20,6 +20,8 @@ from gsjax.agent.protocol import LIMIT_COUNTS
 from gsjax.agent.texts import agent_texts_config
 from gsjax.agent.tools.toolbox import tools_config
 from gsjax.rewards.backends import reward_config
+
+PRESETS = ("default", "test", "image_only", "openai")
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
@@ -98,5 +100,5 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         c.reward.update(generator="http", judge="openai", judge_base_url="https://api.openai.com/v1")
         c.eval.concurrency = 5  # the reference's parallel tasks
     else:
-        raise ValueError(f"unknown preset {preset!r} for configs/eval_knowgen.py; expected default, test, image_only or openai")
+        raise ValueError(f"unknown preset {preset!r} for configs/eval_knowgen.py; expected one of {', '.join(PRESETS)}")
     return c
