@@ -219,6 +219,11 @@ class Sampler:
         s = self._slots[slot]
         return s.length + (s.pending is not None) + len(s.queued)
 
+    def drawn(self, slot: int) -> list[int]:
+        """The tokens the slot's current (or last) turn has drawn so far: a running turn's partial
+        output, read between steps (streaming)."""
+        return list(self._slots[slot].out_tokens)
+
     @property
     def busy(self) -> bool:
         return any(s.running for s in self._slots)

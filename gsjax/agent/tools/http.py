@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie"})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+ERROR_BODY_BYTES = 300  # of a JSON error response, quoted in the failure (an API's reason for refusing)
 
 
 class HttpFailure(ToolFailure):
@@ -425,7 +426,9 @@ class HttpClient:
                 url = new_url
                 continue
             if resp.status >= 400:
-                raise HttpFailure(f"HTTP {resp.status} from {_where(url)}", resp.status)
+                detail = resp.body.decode("utf-8", "replace").strip()[:ERROR_BODY_BYTES]
+                raise HttpFailure(f"HTTP {resp.status} from {_where(url)}" + (f": {detail}" if detail else ""),
+                                  resp.status)
             if cache_key is not None and not resp.truncated:
                 self.cache.put(cache_key, resp.content_type, resp.body)
             return resp
@@ -477,8 +480,10 @@ class HttpClient:
                 return Response(url, status, content_type, b"", location=r.headers.get("Location", ""))
             if status == 429 or status >= 500:
                 raise _Retry(f"HTTP {status} from {where}", status, _retry_after(r.headers.get("Retry-After")))
-            if status >= 400:
-                return Response(url, status, content_type, b"")
+            if status >= 400:  # a JSON error body (an API's reason) is kept, up to ERROR_BODY_BYTES
+                keep = ERROR_BODY_BYTES if "json" in content_type.lower() else 0
+                data = self._read_capped(r, keep, deadline, where)[0] if keep else b""
+                return Response(url, status, content_type, data)
             length = r.headers.get("Content-Length", "")
             if not truncate and length.isdigit() and int(length) > cap:
                 raise HttpFailure(f"response from {where} is {int(length)} bytes, over the cap of {cap}", status)
