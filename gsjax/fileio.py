@@ -87,6 +87,11 @@ class ResultsLog:
             out.setdefault(str(r["id"]), (n, r))
         return out
 
+    def latest_by_id(self) -> dict[str, dict[str, Any]]:
+        """Each id's last record: where a run appends a new record for work it redid (an evaluation
+        retrying a failed judge call), the one that holds now."""
+        return {str(r["id"]): r for r in self.records()}
+
     def append(self, record: dict[str, Any]) -> None:
         line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
         with self._lock, open(self.path, "ab") as f:

@@ -12,6 +12,10 @@ r"""KnowGen evaluation: an agent, the image generator and the image judge over a
       The reference's set-up: an OpenAI-compatible agent (GPT-4.1, or vLLM serving Gen-Searcher-8B
       at --config.agent.base_url), real search (SERPER_KEY_ID) and reader (JINA_API_KEYS), the
       POST /generate server, GPT-4.1 as judge (OPENAI_API_KEY).
+  python -m gsjax.eval --config=configs/eval_knowgen.py:openai --config.data.benchmark=/data/KnowGen-Bench.json \
+      --config.eval.stage=judge --config.data.results=/outputs/gen_searcher_8b/results.json
+      Judge the images another agent generated (the reference's results.json), no agent or generator
+      run; eval.stage=generate then eval.stage=judge splits a run in two (docs/eval.md).
 """
 
 import ml_collections
@@ -39,6 +43,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         seed=0, n_train_entities=1000, n_eval_entities=150, n_train_prompts=1400, n_eval_prompts=100,
         image_only_share=0.0))
     c.data.limit = 0  # the first N items only (0 = all)
+    # eval.stage=judge: a results file to judge instead of running an agent: the reference's
+    # results.json (id, prompt, output_path) or a gsjax run's results.jsonl ("" = the run folders').
+    c.data.results = ""
 
     c.agent = ml_collections.ConfigDict()
     c.agent.backend = "expert"  # none | expert | policy | openai
@@ -77,7 +84,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
 
     c.reward = reward_config()  # generator and judge backends (world | http | jax; world | openai)
 
-    c.eval = ml_collections.ConfigDict(dict(concurrency=8, baseline=True, report=True))
+    # stage: all (agent, generator, judge) | generate (no judge: images wait in the run folder) |
+    # judge (no agent, no generator: the run folders' waiting images, or data.results).
+    c.eval = ml_collections.ConfigDict(dict(concurrency=8, baseline=True, report=True, stage="all"))
 
     if preset in (None, "", "default"):
         pass

@@ -4,6 +4,11 @@ agent over a benchmark, generate, judge, aggregate, write the HTML report.
 Every run also runs the no-search baseline (`eval.baseline`; its folder `workdir/none` is shared
 by the agents evaluated in the same workdir) and prints both side by side. Runs resume: see
 `gsjax.eval.runner`.
+
+Staged (`eval.stage`): "generate" runs the agents and the generator and leaves the images to be
+judged; "judge" builds no agent, toolbox or generator: it judges what the run folders hold, or,
+with `data.results`, another agent's results file (`gsjax.eval.results_file`) into
+workdir/<run_name> (default judged-<the file's folder>), with no baseline.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from gsjax.agent.protocol import prompt_date
 from gsjax.agent.texts import AgentTexts
 from gsjax.eval.agents import NoSearchAgent, build_agent
 from gsjax.eval.benchmarks import KnowGenBenchmark, WiseBenchmark, category_table, knowgen_table, wise_table
-from gsjax.eval.runner import Runner
+from gsjax.eval.results_file import match, read_results
+from gsjax.eval.runner import STAGES, Benchmark, EvalItem, Runner
 from gsjax.fileio import text_or_default
 from gsjax.rewards.backends import build_generator, build_judge, judge_rubrics
 from gsjax.rewards.types import RewardSettings
@@ -121,32 +127,39 @@ def _toolbox(cfg: ml_collections.ConfigDict, world: Path | None):
     return build_toolbox(ToolsConfig.from_dict(values))
 
 
-def run(cfg: ml_collections.ConfigDict, progress: bool = True) -> dict[str, dict[str, Any]]:
-    """Evaluate; returns {run name: summary} (the baseline first when it ran)."""
-    world = world_dir(cfg)
-    path = benchmark_file(cfg, world)
-    bench = build_benchmark(cfg, world, path)
-    items = bench.items()
-    generator = build_generator(cfg.reward, world)
-    settings = RewardSettings(min_refs=cfg.reward.min_refs, max_refs=cfg.reward.max_refs)
-    today = prompt_date(cfg.agent.today)
-    workdir = Path(cfg.workdir)
+def _base_fingerprint(cfg: ml_collections.ConfigDict, path: Path) -> dict[str, Any]:
     base = {"benchmark": str(path.resolve()), "generator": cfg.reward.generator, "judge": cfg.reward.judge,
             "limit": cfg.data.limit}
     if digest := texts_digest(cfg):  # a run spoken to or judged with other words is another run
         base["texts"] = digest
-    runs: list[tuple[str, Any, dict]] = []
+    return base
+
+
+def planned_runs(cfg: ml_collections.ConfigDict, base: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(run name, fingerprint) of each agent's run, the no-search baseline first when it runs."""
+    runs = []
     if cfg.eval.baseline and cfg.agent.backend != "none":
-        runs.append(("none", NoSearchAgent(), base | {"agent": "none"}))
+        runs.append(("none", base | {"agent": "none"}))
+    a = cfg.agent
+    runs.append((run_name(cfg), base | {"agent": a.backend, "policy": a.policy if a.backend == "policy" else "",
+                                        "model": a.model if a.backend == "openai" else ""}))
+    return runs
+
+
+def _run_agents(cfg: ml_collections.ConfigDict, world: Path | None, bench: Benchmark, items: list[EvalItem],
+                base: dict[str, Any], settings: RewardSettings, progress: bool) -> dict[str, dict[str, Any]]:
+    """Stages "all" and "generate": each planned run's agent, then the generator (and the judge)."""
+    generator = build_generator(cfg.reward, world)
+    today = prompt_date(cfg.agent.today)
+    workdir = Path(cfg.workdir)
     toolbox = _toolbox(cfg, world) if cfg.agent.backend != "none" else None
     agent = build_agent(cfg.agent, toolbox, world, today)
-    a = cfg.agent
-    runs.append((run_name(cfg), agent, base | {"agent": a.backend, "policy": a.policy if a.backend == "policy" else "",
-                                               "model": a.model if a.backend == "openai" else ""}))
+    runs = planned_runs(cfg, base)
+    agents = [NoSearchAgent()] * (len(runs) - 1) + [agent]
     summaries: dict[str, dict[str, Any]] = {}
     try:
-        for name, ag, fingerprint in runs:
-            runner = Runner(bench, ag, generator, workdir / name, settings=settings,
+        for (name, fingerprint), ag in zip(runs, agents):
+            runner = Runner(bench, ag, generator, workdir / name, stage=cfg.eval.stage, settings=settings,
                             concurrency=cfg.eval.concurrency, progress=progress, fingerprint=fingerprint)
             config_lib.save(cfg, workdir / name / "config.json")
             summaries[name] = runner.run(items)
@@ -154,7 +167,72 @@ def run(cfg: ml_collections.ConfigDict, progress: bool = True) -> dict[str, dict
         agent.close()
         if toolbox is not None:
             toolbox.close()
+    return summaries
+
+
+def _judge_folders(cfg: ml_collections.ConfigDict, bench: Benchmark, items: list[EvalItem], base: dict[str, Any],
+                   progress: bool) -> dict[str, dict[str, Any]]:
+    """Stage "judge" without a results file: the planned runs' folders, their pending images and
+    failed judge calls (a baseline folder that was never generated is passed over)."""
+    workdir = Path(cfg.workdir)
+    summaries: dict[str, dict[str, Any]] = {}
+    for name, fingerprint in planned_runs(cfg, base):
+        log = workdir / name / "results.jsonl"
+        if not log.is_file():
+            if name == "none" and cfg.agent.backend != "none":
+                continue
+            raise FileNotFoundError(f"eval.stage='judge': {log} does not exist, so there is nothing to judge; "
+                                    "generate first (--config.eval.stage=generate) or name a results file "
+                                    "(--config.data.results=...)")
+        runner = Runner(bench, None, None, workdir / name, stage="judge", name=name,
+                        concurrency=cfg.eval.concurrency, progress=progress, fingerprint=fingerprint)
+        summaries[name] = runner.run(items)
+    return summaries
+
+
+def _judge_file(cfg: ml_collections.ConfigDict, bench: Benchmark, items: list[EvalItem], path: Path,
+                base: dict[str, Any], progress: bool) -> dict[str, dict[str, Any]]:
+    """Stage "judge" of `data.results` (the reference's results.json or a gsjax results.jsonl) into
+    workdir/<run_name> (default judged-<the file's folder>)."""
+    results = Path(cfg.data.results)
+    source, extra = match(read_results(results), items, results, path)
+    name = cfg.run_name or f"judged-{results.resolve().parent.name}"
+    fingerprint = {k: v for k, v in base.items() if k != "generator"} | {"agent": "results file",
+                                                                        "results": str(results.resolve())}
+    runner = Runner(bench, None, None, Path(cfg.workdir) / name, stage="judge", source=source, name=name,
+                    concurrency=cfg.eval.concurrency, progress=progress, fingerprint=fingerprint)
+    config_lib.save(cfg, Path(cfg.workdir) / name / "config.json")
+    return {name: runner.run([*items, *extra])}
+
+
+def run(cfg: ml_collections.ConfigDict, progress: bool = True) -> dict[str, dict[str, Any]]:
+    """Evaluate; returns {run name: summary} (the baseline first when it ran)."""
+    stage = cfg.eval.stage
+    if stage not in STAGES:
+        raise ValueError(f"eval.stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    if cfg.data.results and stage != "judge":
+        raise ValueError(f"data.results names a results file to judge: it needs --config.eval.stage=judge "
+                         f"(eval.stage is {stage!r})")
+    world = world_dir(cfg)
+    path = benchmark_file(cfg, world)
+    bench = build_benchmark(cfg, world, path)
+    items = bench.items()
+    base = _base_fingerprint(cfg, path)
+    if stage == "judge" and cfg.data.results:
+        summaries = _judge_file(cfg, bench, items, path, base, progress)
+    elif stage == "judge":
+        summaries = _judge_folders(cfg, bench, items, base, progress)
+    else:
+        settings = RewardSettings(min_refs=cfg.reward.min_refs, max_refs=cfg.reward.max_refs)
+        summaries = _run_agents(cfg, world, bench, items, base, settings, progress)
+    workdir = Path(cfg.workdir)
     print(f"\n{cfg.benchmark} on {path} ({len(items)} items)")
+    if stage == "generate":
+        for name, s in summaries.items():
+            print(f"{name}: {s['pending']} images generated, judging pending ({s['failed']} failed); judge them with "
+                  "--config.eval.stage=judge")
+        print(json.dumps({n: {"pending": s["pending"], "failed": s["failed"]} for n, s in summaries.items()}))
+        return summaries
     if cfg.benchmark == "knowgen":
         print(knowgen_table(summaries))
         print(f"\nper category, {list(summaries)[-1]} (failures left out):")
@@ -164,7 +242,10 @@ def run(cfg: ml_collections.ConfigDict, progress: bool = True) -> dict[str, dict
     for name, s in summaries.items():  # what failed, by kind (generation, judge, agent, bad row, ...)
         if s["failed"]:
             kinds = ", ".join(f"{k} {n}" for k, n in sorted(s["failure_kinds"].items()))
-            print(f"{name}: {s['failed']} failed items ({kinds}); reasons in {Path(cfg.workdir) / name / 'results.jsonl'}")
+            print(f"{name}: {s['failed']} failed items ({kinds}); reasons in {workdir / name / 'results.jsonl'}")
+        if s["pending"] or s["recorded"] < s["items"]:
+            print(f"{name}: {s['pending']} items still to judge, {s['items'] - s['recorded']} never generated "
+                  "(left out of the scores)")
     if cfg.eval.report:
         from gsjax.eval.report import write_report
 
