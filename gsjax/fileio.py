@@ -45,6 +45,20 @@ def text_or_default(path: str, key: str) -> str:
     return read_text_file(path, key) if path else ""
 
 
+def read_jsonl(path: Path | str, what: str = "JSON", advice: str = "") -> list[Any]:
+    """The records of a JSON-lines file (blank lines skipped); a line that is not JSON is a
+    ValueError naming the file, the line and `what` it should have been."""
+    path = Path(path)
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: line {n} is not {what} ({e}){advice}") from None
+    return out
+
+
 class ResultsLog:
     """An append-only JSONL file of finished work, one record a line, safe to append from many
     threads; each line is flushed and fsynced as it is written, and a line torn by a crash is
@@ -63,14 +77,7 @@ class ResultsLog:
     def records(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
             return []
-        out = []
-        for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{self.path}: line {n} is not JSON ({e}); move the file away to start over") from e
-        return out
+        return read_jsonl(self.path, "JSON", "; move the file away to start over")
 
     def recorded_ids(self, ids: Sequence[str], what: str) -> set[str]:
         """Which of `ids` (the work to do, unique, or a ValueError naming `what` and the repeats)

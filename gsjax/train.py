@@ -12,15 +12,18 @@
 
 Everything a run makes is under `workdir`: the world and data (offline), `policy_sft/` and
 `policy_grpo/` (policy folders, see gsjax/agent/policy.py), `ckpt_sft/` and `ckpt_grpo/`
-(orbax), `metrics.jsonl` and `tensorboard/`, `summary.json`. Rerunning the same command resumes:
-finished phases are skipped, an interrupted phase continues from its last checkpoint with the same
-data order and the same rollout seeds.
+(orbax), `metrics.jsonl` and `tensorboard/`, `rollouts/step_0001.jsonl`... (every GRPO episode on
+record, gsjax/rl/records.py; `python -m gsjax.eval.rollout_report` shows a step), `summary.json`.
+Rerunning the same command resumes: finished phases are skipped, an interrupted phase continues
+from its last checkpoint with the same data order and the same rollout seeds (a step redone
+replaces its rollouts file).
 
 One mesh (`mesh`: data, fsdp, tp) for the whole run: the SFT step, the GRPO update and its frozen
 reference run on it, and the rollout sampler on this process's block of it. Started on several
 hosts (`launch/`), every process runs this same program: each rolls out and scores its own share
 of a step's prompts (and of the held-out prompts), the learner steps on all of them as one global
-batch, and process 0 alone writes metrics, TensorBoard, policy folders and the summary.
+batch, and process 0 alone writes metrics, TensorBoard, rollout records (every process's episodes),
+policy folders and the summary.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ from gsjax.parallel import barrier, initialize_distributed, is_primary, make_mes
 from gsjax.rewards.backends import build_rewards
 from gsjax.rl.grpo import LossConfig, parse_filtering
 from gsjax.rl.loop import GRPOLoop, Prompt, evaluate
+from gsjax.rl.records import ROLLOUTS_DIR
 from gsjax.rl.trainer import SKIP_NONFINITE, GRPOConfig, GRPOTrainer
 from gsjax.sampling import SamplingParams
 from gsjax.sft.data import SFTImages, batches, encode
@@ -310,7 +314,8 @@ def grpo_phase(cfg: ml_collections.ConfigDict, workdir: Path, policy: Policy, pr
     trainer = grpo_trainer(cfg, nnx.merge(graphdef, jax.tree.map(jnp.copy, state)), mesh)
     # The rollouts sample as the learner scores them (rl.*), whatever a reused policy's agent.json says.
     sampler = policy.sampler(r.num_slots, r.cache_len, seed=cfg.seed, mesh=process_mesh(mesh), sampling=rl_sampling(cfg))
-    loop = GRPOLoop(trainer, policy.engine(sampler, toolbox, today), rewards, r.group_size)
+    loop = GRPOLoop(trainer, policy.engine(sampler, toolbox, today), rewards, r.group_size,
+                    workdir / ROLLOUTS_DIR if r.record_rollouts else None)
     stream = prompt_stream(len(prompts), r.prompts_per_step, cfg.seed)
     with Checkpointer(workdir / "ckpt_grpo", keep=r.keep_checkpoints) as ckpt:
         start = 0
@@ -322,7 +327,7 @@ def grpo_phase(cfg: ml_collections.ConfigDict, workdir: Path, policy: Policy, pr
         for step in tqdm(range(start + 1, r.steps + 1), desc="grpo", initial=start, total=r.steps,
                          disable=not is_primary()):
             batch = [prompts[int(i)] for i in next(stream)]  # the same on every process
-            m = loop.step(process_share(batch), seed=cfg.seed * 1_000_003 + step)
+            m = loop.step(process_share(batch), seed=cfg.seed * 1_000_003 + step, number=step)
             mlog.write("grpo", step, m)
             if is_primary():
                 tqdm.write(metrics_lib.line(step, r.steps, m, STEP_LINE))
@@ -377,12 +382,12 @@ def eval_phase(cfg: ml_collections.ConfigDict, workdir: Path, policies: dict[str
 # Settings a rerun in the same folder may change: how the run is laid out, checkpointed and
 # evaluated, not what it computes (the mesh changes floating-point sums only: tests/test_multihost.py).
 RERUN_MAY_CHANGE = ("workdir", "fresh", "eval", "mesh", "sft.checkpoint_every", "sft.keep_checkpoints",
-                    "rl.checkpoint_every", "rl.keep_checkpoints", "rl.max_broken_steps", "tools.workers",
-                    "reward.workers")
+                    "rl.checkpoint_every", "rl.keep_checkpoints", "rl.max_broken_steps", "rl.record_rollouts",
+                    "tools.workers", "reward.workers")
 # What a fresh start removes from the folder: every output of a run.
 RUN_OUTPUTS = ("world", "data", "tokenizer", "tool_images", "ckpt_sft", "policy_sft", "ckpt_grpo", "policy_grpo",
-               "rollout_images", "eval_images", "metrics.jsonl", "tensorboard", "summary.json", "grpo_curve.png",
-               "grpo_entropy.png", "config.json")
+               "rollout_images", ROLLOUTS_DIR, "eval_images", "metrics.jsonl", "tensorboard", "summary.json",
+               "grpo_curve.png", "grpo_entropy.png", "config.json")
 
 
 def pin_config(cfg: ml_collections.ConfigDict, workdir: Path) -> None:

@@ -77,3 +77,18 @@ def test_a_step_the_run_did_not_keep_and_a_used_folder_are_refused(run, tmp_path
         main(["--workdir", str(run), "--out", str(tmp_path / "used")])
     with pytest.raises(SystemExit, match="no config.json"):
         main(["--workdir", str(tmp_path), "--out", str(tmp_path / "y")])
+
+
+def test_the_run_put_every_grpo_step_s_rollouts_on_record(run):
+    """`workdir/rollouts/step_0001.jsonl`...: each step's G samples of each prompt, numbered as
+    metrics.jsonl numbers the steps, with the step's rewards (the fields: tests/test_rollout_records.py)."""
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    grpo = {r["step"]: r for r in steps if r["phase"] == "grpo"}
+    cfg = json.loads((run / "config.json").read_text())["rl"]
+    assert sorted(p.name for p in (run / "rollouts").iterdir()) == ["step_0001.jsonl", "step_0002.jsonl"]
+    for step, m in grpo.items():
+        recs = [json.loads(line) for line in (run / "rollouts" / f"step_{step:04d}.jsonl").read_text().splitlines()]
+        assert len(recs) == cfg["prompts_per_step"] * cfg["group_size"] and {r["step"] for r in recs} == {step}
+        assert [r["group_index"] for r in recs] == list(range(cfg["group_size"])) * cfg["prompts_per_step"]
+        assert np.mean([r["reward"] for r in recs]) == pytest.approx(m["reward"])  # no failures in the world
+        assert np.mean([abs(r["advantage"]) for r in recs]) == pytest.approx(m["advantage_abs_mean"], abs=1e-6)

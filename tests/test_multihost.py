@@ -247,6 +247,21 @@ def test_two_processes_train_as_one_call_each_tool_once_and_resume_exactly_after
     events = [len(list((base / run / "tensorboard").glob("events.out.tfevents.*"))) for run in ("one", "two")]
     assert events[1] == events[0] == 2  # one TensorBoard file per launch, not per process
     assert all((base / run / "policy_grpo" / "agent.json").is_file() for run in ("one", "two"))
+    # Every rollout on record, one file per step (step 3, redone after the kill, replaced), each holding
+    # every process's episodes: the same episodes as one process rolled out.
+    rollouts = {}
+    for run in ("one", "two"):
+        files = sorted((base / run / "rollouts").glob("step_*.jsonl"))
+        assert [f.name for f in files] == [f"step_{i:04d}.jsonl" for i in range(1, 5)]
+        rollouts[run] = [[json.loads(line) for line in f.read_text().splitlines()] for f in files]
+    for a, b in zip(rollouts["one"], rollouts["two"]):
+        assert len(a) == len(b) == 4  # rl.prompts_per_step 2 x rl.group_size 2
+        assert [r["process"] for r in b] == [0, 0, 1, 1]
+        assert [(r["prompt_id"], r["group_index"], r["termination"]) for r in a] == \
+               [(r["prompt_id"], r["group_index"], r["termination"]) for r in b]
+        for x, y in zip(a, b):
+            assert y["reward"] == pytest.approx(x["reward"], abs=1e-5)
+            assert y["advantage"] == pytest.approx(x["advantage"], abs=1e-4)
 
 
 def _eval(world, workdir: Path, devices: int, mesh: dict) -> list[dict]:

@@ -174,6 +174,10 @@ def test_failed_judge_calls_are_judged_again_on_resume_without_rerunning_agent_o
     lines = _records(tmp_path / "w/expert/results.jsonl")
     assert len(lines) == 13  # append-only: the failed records stay, the retries follow
     assert [r["status"] for r in lines if r["id"] in flaky] == ["failed"] * 3 + ["scored"] * 3
+    from gsjax.eval.report import write_report
+
+    page = write_report(tmp_path / "w/expert").read_text()  # each item once, as it stands now
+    assert page.count('<section class="item') == 10 and 'class="item failed"' not in page
 
 
 def test_bad_rows_of_a_results_file_are_failed_records_naming_the_file_row_and_key(

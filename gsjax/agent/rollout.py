@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from gsjax.agent.episode import Continue, Episode, RunTool, message_text
+from gsjax.agent.episode import Continue, Episode, RunTool, Turn as EpisodeTurn, message_text
 from gsjax.agent.protocol import AgentLimits
 from gsjax.agent.texts import AgentTexts
 from gsjax.agent.types import Answer, ImageRef, Termination, ToolResult
@@ -62,6 +62,9 @@ class Trajectory:
     # The log-probabilities under the distribution each token was drawn from (after top-k / top-p),
     # aligned with tokens, 0 where sampled is 0; None: as `logprobs` (no truncation).
     behavior_logprobs: list[float] | None = None
+    # The episode's model calls, one per assistant message: what each was read as (tool call, answer,
+    # format error) and the tool's result where one ran (`gsjax.agent.episode.Turn`).
+    turns: list[EpisodeTurn] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -232,7 +235,7 @@ class RolloutEngine:
         return Trajectory(lv.task, lv.tokens, lv.loss_mask, lv.sampled, lv.logprobs, ep.messages, images,
                           ep.registry.all(), ep.termination, ep.answer, lv.tool_calls, lv.tool_errors,
                           None if pixels is None else pixels.values, None if pixels is None else pixels.grids,
-                          lv.behavior)
+                          lv.behavior, list(ep.turns))
 
 
 def _plain(message: dict[str, Any]) -> dict[str, str]:

@@ -125,6 +125,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         # every episode's reward failed or the loss was not finite: each leaves the weights as they were.
         max_broken_steps=5,
         num_slots=32, cache_len=1024, micro_batch_tokens=0, vocab_chunk=0, checkpoint_every=5, keep_checkpoints=2,
+        # Every episode of each step in workdir/rollouts/step_0001.jsonl... (conversation, answer, reward
+        # parts, judge rationales, advantage; gsjax/rl/records.py); python -m gsjax.eval.rollout_report shows one.
+        record_rollouts=True,
         train_vision=True))  # the reference's RL trains the whole model (verl freeze_vision_tower: false)
 
     c.reward = reward_config()

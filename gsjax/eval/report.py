@@ -27,7 +27,7 @@ from gsjax.fileio import ResultsLog, atomic_write
 
 THUMB = 224
 _TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
-_CSS = """
+CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;background:#fff}
 h1{font-size:22px}h2{font-size:18px;margin-top:28px}
 table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
@@ -43,7 +43,7 @@ details pre{white-space:pre-wrap;font-size:12px;background:#f6f6f6;padding:6px;m
 """
 
 
-def _img(path: str | None, size: int = THUMB) -> str:
+def image_tag(path: str | None, size: int = THUMB) -> str:
     """An <img> with the picture embedded (shrunk to `size`), or a visible placeholder."""
     if not path:
         return '<div class="missing">no image</div>'
@@ -59,8 +59,8 @@ def _img(path: str | None, size: int = THUMB) -> str:
     return f'<img src="data:image/png;base64,{data}" width="{im.width}" height="{im.height}" alt="">'
 
 
-def _figure(path: str | None, caption: str, size: int = THUMB) -> str:
-    return f"<figure>{_img(path, size)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+def figure(path: str | None, caption: str, size: int = THUMB) -> str:
+    return f"<figure>{image_tag(path, size)}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
 def _calls(messages: list[dict[str, Any]]) -> list[str]:
@@ -101,13 +101,13 @@ def _item(rec: dict[str, Any], base: dict[str, Any] | None) -> str:
     calls = "".join(f"<li>{html.escape(c)}</li>" for c in _calls(rec.get("messages", [])))
     responses = "\n\n".join(m["content"] for m in rec.get("messages", [])
                             if m.get("role") == "user" and "<tool_response>" in m.get("content", ""))
-    refs = "".join(_figure(r.get("path"), f"{r['img_id']}: {shown.get(r['img_id'], {}).get('title', '')}", 96)
+    refs = "".join(figure(r.get("path"), f"{r['img_id']}: {shown.get(r['img_id'], {}).get('title', '')}", 96)
                    for r in answer.get("references", []))
-    figs = _figure(rec.get("generated"), "generated (agent)")
+    figs = figure(rec.get("generated"), "generated (agent)")
     if rec.get("gt_image"):
-        figs += _figure(rec["gt_image"], "ground truth")
+        figs += figure(rec["gt_image"], "ground truth")
     if base is not None:
-        figs += _figure(base.get("generated"), "generated (no-search baseline)")
+        figs += figure(base.get("generated"), "generated (no-search baseline)")
     base_scores = f"<div><b>baseline:</b> {_scores_cells(base)}</div>" if base is not None else ""
     return f"""<section class="item {'failed' if rec['status'] != 'scored' else 'ok'}" id="item-{html.escape(rec['id'])}">
 <div><b>{html.escape(rec['id'])}</b> &middot; {html.escape(rec['category'] or 'bad row')} &middot;
@@ -187,7 +187,7 @@ def render(records: list[dict[str, Any]], summary: dict[str, Any], name: str,
     by_base = {r["id"]: r for r in base_records or []}
     items = "\n".join(_item(r, by_base.get(r["id"]) if base_records is not None else None) for r in records)
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_CSS}</style></head>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{CSS}</style></head>
 <body>
 <h1>{html.escape(title)}</h1>
 <h2>Scores</h2>
@@ -208,14 +208,14 @@ def write_report(run_dir: Path | str, baseline_dir: Path | str | None = None, ti
     """The run's report.html; items in `order` (the benchmark's item ids) when given, else in the
     order they finished."""
     run_dir = Path(run_dir)
-    records = ResultsLog(run_dir / "results.jsonl").records()
+    records = list(ResultsLog(run_dir / "results.jsonl").latest_by_id().values())  # a retried item's outcome
     if order is not None:
         rank = {item_id: i for i, item_id in enumerate(order)}
         records.sort(key=lambda r: rank.get(r["id"], len(rank)))
     summary = json.loads((run_dir / "summary.json").read_text())
     base_records = base_summary = None
     if baseline_dir is not None and (Path(baseline_dir) / "summary.json").is_file():
-        base_records = ResultsLog(Path(baseline_dir) / "results.jsonl").records()
+        base_records = list(ResultsLog(Path(baseline_dir) / "results.jsonl").latest_by_id().values())
         base_summary = json.loads((Path(baseline_dir) / "summary.json").read_text())
     page = render(records, summary, run_dir.name, base_records, base_summary, title)
     path = Path(out) if out else run_dir / "report.html"

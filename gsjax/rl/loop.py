@@ -11,6 +11,9 @@ same advantages and the same step metrics.
 
 A vision-language policy's trajectories keep the pixels it was shown (`Trajectory.pixel_values`,
 `image_grids`); their samples pass them on, so the learner scores the same images.
+
+With `rollouts_dir`, each step's episodes go on record (`gsjax.rl.records`: `step_0001.jsonl`,
+each trajectory with its reward parts and the advantage the learner used).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -27,7 +31,8 @@ from gsjax.parallel import allgather_rows
 from gsjax.rewards.compute import RewardComputer, RewardInput, ScoredEpisode
 from gsjax.rewards.types import RewardStatus
 from gsjax.rl.grpo import filtered_after_advantages
-from gsjax.rl.trainer import GRPOTrainer, Sample
+from gsjax.rl.records import step_file, step_records, write_step
+from gsjax.rl.trainer import GRPOTrainer, Sample, step_statistics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,13 +118,18 @@ def learner_samples(trajs: Sequence[Trajectory], scored: Sequence[ScoredEpisode]
 
 
 class GRPOLoop:
-    def __init__(self, trainer: GRPOTrainer, engine: RolloutEngine, rewards: RewardComputer, group_size: int):
+    def __init__(self, trainer: GRPOTrainer, engine: RolloutEngine, rewards: RewardComputer, group_size: int,
+                 rollouts_dir: Path | None = None):
         if group_size < 2:
             raise ValueError(f"GRPO needs group_size >= 2 (advantages compare samples of a prompt), got {group_size}")
         self.trainer, self.engine, self.rewards, self.group_size = trainer, engine, rewards, group_size
+        self.rollouts_dir = rollouts_dir  # None: no records
 
-    def step(self, prompts: Sequence[Prompt], seed: int, progress: bool = False) -> dict[str, float]:
-        """One step on this process's share of the step's prompts (all processes call it)."""
+    def step(self, prompts: Sequence[Prompt], seed: int, progress: bool = False, number: int = 0) -> dict[str, float]:
+        """One step on this process's share of the step's prompts (all processes call it); `number`
+        names its record file (`rollouts_dir/step_0001.jsonl`, replaced when the step is redone)."""
+        if self.rollouts_dir is not None and number < 1:
+            raise ValueError(f"GRPOLoop.step: recording rollouts needs the step's number (>= 1), got {number}")
         expanded = [p for p in prompts for _ in range(self.group_size)]
         tasks = [Task(p.id, p.prompt, g) for p in prompts for g in range(self.group_size)]
         self.engine.sampler.update_weights(self.trainer.model)
@@ -128,8 +138,13 @@ class GRPOLoop:
         t1 = time.perf_counter()
         scored = score(self.rewards, expanded, trajs, f"step{seed}")
         t2 = time.perf_counter()
-        metrics = self.trainer.step(learner_samples(trajs, scored, self.trainer.cfg.filtering))
+        samples = learner_samples(trajs, scored, self.trainer.cfg.filtering)
+        learned = step_statistics(samples, self.trainer.cfg)  # the advantages the update uses, for the record too
+        metrics = self.trainer.step(samples, learned)
         t3 = time.perf_counter()
+        if self.rollouts_dir is not None:
+            write_step(step_file(self.rollouts_dir, number),
+                       step_records(number, expanded, trajs, scored, samples, learned))
         summary, stats = gathered_summary(trajs, scored)
         metrics.update(summary)
         sampled = float(stats[:, EPISODE_STATS.index("sampled_tokens")].sum())

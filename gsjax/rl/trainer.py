@@ -171,12 +171,16 @@ class GRPOTrainer(TrainState):
         if cfg.loss.kl_coef:
             self.ref_params = self.params if self.abstract else jax.tree.map(jnp.copy, self.params)
 
-    def step(self, samples: Sequence[Sample]) -> dict[str, float]:
+    def step(self, samples: Sequence[Sample], stats: StepStatistics | None = None) -> dict[str, float]:
         """One update on this process's samples (every process calls it with its own). A step in
         which no sample enters the update, or whose loss or gradient is not finite, leaves the
         weights and the optimizer state as they are (an update of zero gradients would still move
-        them: Adam's momentum, weight decay) and says so in `update_skipped` and `skip_reason`."""
-        stats = step_statistics(samples, self.cfg)
+        them: Adam's momentum, weight decay) and says so in `update_skipped` and `skip_reason`.
+        `stats`: the samples' `step_statistics`, when the caller took them already (to record the
+        advantages the update uses)."""
+        stats = step_statistics(samples, self.cfg) if stats is None else stats
+        if len(stats.advantages) != len(samples):
+            raise ValueError(f"GRPOTrainer.step: statistics of {len(stats.advantages)} samples for {len(samples)} samples")
         summary = {"advantage_abs_mean": stats.advantage_abs_mean, "update_samples": float(stats.update_samples)}
         if stats.update_samples == 0:
             return {**summary, "update_skipped": 1.0, "skip_reason": SKIP_NOTHING,
