@@ -60,6 +60,16 @@ def test_rollout_bench_overlaps_tool_waits_of_a_replayed_group(capsys):
 
 
 @pytest.mark.slow
+def test_reward_overlap_bench_runs_the_steps_rollouts_and_rewards_both_ways(capsys):
+    from gsjax.bench import reward_overlap
+
+    result = reward_overlap.main(["--prompts", "2", "--group", "1", "--latency", "0.05", "--generator-latency", "0.1",
+                                  "--repeats", "1", *TOY_MODEL])
+    assert math.isfinite(result["over_max"]) and result["sequential_over_overlapped"] > 0
+    assert "overlapped / max(rollout, rewards)" in capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_diffusion_bench_gives_the_same_image_as_diffusers():
     result = diffusion.main(["--steps", "2", "--size", "32", "--layers", "1", *ONE_ROUND])
     assert result.outputs_match and result.max_pixel_diff <= 1.5 / 255

@@ -124,3 +124,53 @@ def test_engine_with_a_random_policy_ends_every_episode_cleanly(world, toolbox):
         assert all(m == 1 for m, s in zip(t.loss_mask, t.sampled) if s)  # sampled tokens are trained on
         assert t.loss_mask[0] == 0 and t.tokens[: 3] == tok.render_chat(
             [{"role": "system", "content": t.messages[0]["content"]}], False).ids[:3]
+
+
+def test_each_episode_is_scored_the_moment_it_ends_while_the_others_still_run(world, toolbox, tmp_path):
+    """`rollout_and_score` (a GRPO step's and the held-out evaluation's rollouts): an episode's reward
+    starts when its episode ends, not after the last one; the scores are those of scoring afterwards."""
+    import threading
+    import time
+
+    from gsjax.bench.rollout import DelayedTools
+    from gsjax.rewards.compute import RewardComputer
+    from gsjax.rewards.generator import WorldGenerator
+    from gsjax.rewards.judge import WorldJudgeBackend
+    from gsjax.rl.loop import Prompt, reward_input, rollout_and_score
+
+    root, keys, tok = world
+    experts = {k.prompt: solve(k, toolbox.run, TODAY) for k in keys[:4]}
+    scripts = {p: [m["content"] for m in r.episode.messages if m["role"] == "assistant"] for p, r in experts.items()}
+    assert len({len(s) for s in scripts.values()}) > 1  # episodes of different lengths end at different times
+    starts: list[float] = []
+
+    class Timed(WorldGenerator):
+        def generate(self, request, out):
+            starts.append(time.perf_counter())
+            return super().generate(request, out)
+
+    tools = DelayedTools(toolbox, latency=0.25)  # each tool call 250 ms: the longer episodes end later
+    engine = RolloutEngine(ScriptedSampler(tok, scripts, num_slots=4), tok, tools, today=TODAY)
+    rewards = RewardComputer(Timed(root), WorldJudgeBackend(root), tmp_path / "gen")
+    prompts = [Prompt(k.id, k.prompt, str(root / k.gt_image)) for k in keys[:4]]
+    seen: list[tuple[int, object]] = []
+    run = engine.run
+
+    def recording_run(tasks, progress=False, seed=None, on_finished=None):
+        def both(i, t):
+            seen.append((i, t))
+            on_finished(i, t)
+        out = run(tasks, progress=progress, seed=seed, on_finished=both)
+        ended.append(time.perf_counter())
+        return out
+
+    ended: list[float] = []
+    engine.run = recording_run
+    done = rollout_and_score(engine, rewards, prompts, [Task(p.id, p.prompt) for p in prompts], "t", seed=0)
+    tools.close()
+    assert sorted(i for i, _ in seen) == [0, 1, 2, 3]  # each episode once, as returned
+    assert all(done.trajectories[i] is t for i, t in seen)
+    assert min(starts) < ended[0] - 0.2  # the first reward began while the rollouts still ran
+    again = [rewards.score(reward_input(p, t, "t")) for p, t in zip(prompts, done.trajectories)]
+    assert [s.result for s in done.scored] == [s.result for s in again]
+    assert done.reward_s < done.rollout_s and threading.active_count() < 50

@@ -18,7 +18,7 @@ import concurrent.futures as cf
 import dataclasses
 import datetime
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -110,10 +110,12 @@ class RolloutEngine:
         self._turn_budget = min(limits.max_tokens_per_turn, sampler.cache_len - 1)
         self._seed: int | None = None
 
-    def run(self, tasks: Sequence[Task], progress: bool = False, seed: int | None = None) -> list[Trajectory]:
+    def run(self, tasks: Sequence[Task], progress: bool = False, seed: int | None = None,
+            on_finished: Callable[[int, Trajectory], None] | None = None) -> list[Trajectory]:
         """Trajectories for `tasks`, in order. With `seed`, each task's tokens are drawn from a seed
         made of it and the task's prompt id and group index: the same call gives the same
-        trajectories however slots and tool latencies interleave."""
+        trajectories however slots and tool latencies interleave. `on_finished(i, trajectory)` is
+        called the moment task i's episode ends (its reward can start while the others decode)."""
         self._seed = seed
         todo = list(enumerate(tasks))[::-1]
         live: dict[int, tuple[int, _Live]] = {}
@@ -132,6 +134,8 @@ class RolloutEngine:
             for slot, (idx, lv) in list(live.items()):
                 if lv.episode.done:
                     done[idx] = self._finish(lv)
+                    if on_finished is not None:
+                        on_finished(idx, done[idx])
                     self.sampler.free(slot)
                     del live[slot]
                     bar.update(1)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import datetime
 import tempfile
@@ -111,53 +112,81 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@dataclasses.dataclass
+class Replay:
+    """The expert's longest episodes replayed through the real engine, sampler and (delayed) tools."""
+
+    world: Path
+    engine: RolloutEngine
+    tasks: list[Task]
+    chosen: list  # the expert runs replayed (slowest first)
+    tools: DelayedTools
+
+    def check(self, trajs) -> int:
+        """The replayed trajectories' tool calls; an error unless each ended with the expert's answer
+        (otherwise the timing means nothing)."""
+        expected = {r.key.id: r.episode.answer for r in self.chosen}
+        wrong = [t.task.prompt_id for t in trajs if t.answer != expected[t.task.prompt_id]]
+        if wrong:
+            raise RuntimeError(f"replayed trajectories did not end with the expert's answer: {wrong}: "
+                               f"{[(t.termination, t.answer) for t in trajs]} vs {expected}")
+        return sum(t.tool_calls for t in trajs)
+
+
+@contextlib.contextmanager
+def replay(args: argparse.Namespace, tmp: Path, spread: bool = False):
+    """A `Replay` of `args.prompts` x `args.group` episodes (the model flags of `add_model_flags`),
+    tools `args.latency` s slower; built in `tmp`. The expert's longest episodes, or with `spread`
+    episodes of every length from the longest to the shortest (they end at different times)."""
+    world = build_preset(tmp / "world", "tiny").root
+    keys = [k for k in read_truth(world / "truth.json").values() if k.split == "train"]
+    tools_cfg = ToolsConfig(world_dir=str(world), image_dir=str(tmp / "images"), extractive_sentences=2, workers=64)
+    with build_toolbox(tools_cfg) as toolbox:
+        experts = [solve(k, toolbox.run, TODAY, LIMITS, top_k=2, image_top_k=1) for k in keys]
+        # The prompts whose trajectories are the longest: the group's shape is the worst case.
+        experts.sort(key=lambda r: -len(r.episode.turns))
+        if spread:
+            last = len(experts) - 1
+            chosen = [experts[round(i * last / max(args.prompts - 1, 1))] for i in range(args.prompts)]
+        else:
+            chosen = experts[: args.prompts]
+        scripts = {r.key.prompt: [t.text for t in r.episode.turns] for r in chosen}
+        texts = [m["content"] for r in experts for m in r.episode.messages if isinstance(m["content"], str)]
+        # At least 1024 ids: a smaller BPE makes the expert's turns overrun the per-turn token limit.
+        tok = Tokenizer.train_bpe(texts, max(args.vocab, 1024))
+        model = Qwen3(dataclasses.replace(model_config(args), vocab_size=tok.vocab_size), rngs=nnx.Rngs(args.seed))
+        tools = DelayedTools(toolbox, args.latency)
+        tasks = [Task(r.key.id, r.key.prompt, g) for r in chosen for g in range(args.group)]
+        sampler = ReplaySampler(model, tok, scripts, num_slots=len(tasks), cache_len=2048,
+                                params=SamplingParams(temperature=1.0), chunk=args.chunk,
+                                stop_token_ids=[tok.eos_id, tok.token_to_id("</tool_call>")],
+                                stop_strings=["</answer>"], decode=tok.decode)
+        engine = RolloutEngine(sampler, tok, tools, limits=LIMITS, today=TODAY)
+        try:
+            yield Replay(world, engine, tasks, chosen, tools)
+        finally:
+            tools.close()
+
+
 def main(argv: Sequence[str] | None = None) -> RolloutBench:
     args = parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        world = build_preset(Path(tmp) / "world", "tiny").root
-        keys = [k for k in read_truth(world / "truth.json").values() if k.split == "train"]
-        tools_cfg = ToolsConfig(world_dir=str(world), image_dir=str(Path(tmp) / "images"), extractive_sentences=2,
-                                workers=64)
-        with build_toolbox(tools_cfg) as toolbox:
-            experts = [solve(k, toolbox.run, TODAY, LIMITS, top_k=2, image_top_k=1) for k in keys]
-            # The prompts whose trajectories are the longest: the group's shape is the worst case.
-            experts.sort(key=lambda r: -len(r.episode.turns))
-            chosen = experts[: args.prompts]
-            scripts = {r.key.prompt: [t.text for t in r.episode.turns] for r in chosen}
-            texts = [m["content"] for r in experts for m in r.episode.messages if isinstance(m["content"], str)]
-            # At least 1024 ids: a smaller BPE makes the expert's turns overrun the per-turn token limit.
-            tok = Tokenizer.train_bpe(texts, max(args.vocab, 1024))
-            model = Qwen3(dataclasses.replace(model_config(args), vocab_size=tok.vocab_size), rngs=nnx.Rngs(args.seed))
-            tools = DelayedTools(toolbox, args.latency)
-            tasks = [Task(r.key.id, r.key.prompt, g) for r in chosen for g in range(args.group)]
-            sampler = ReplaySampler(model, tok, scripts, num_slots=len(tasks), cache_len=2048,
-                                    params=SamplingParams(temperature=1.0), chunk=args.chunk,
-                                    stop_token_ids=[tok.eos_id, tok.token_to_id("</tool_call>")],
-                                    stop_strings=["</answer>"], decode=tok.decode)
-            engine = RolloutEngine(sampler, tok, tools, limits=LIMITS, today=TODAY)
-            slowest = Task(chosen[0].key.id, chosen[0].key.prompt)
-            calls: list[int] = []
+    with tempfile.TemporaryDirectory() as tmp, replay(args, Path(tmp)) as r:
+        engine, tasks, chosen = r.engine, r.tasks, r.chosen
+        slowest = Task(chosen[0].key.id, chosen[0].key.prompt)
+        calls: list[int] = []
 
-            expected = {r.key.id: r.episode.answer for r in chosen}
+        def group() -> None:
+            calls.append(r.check(engine.run(tasks, seed=0)))
 
-            def group() -> None:
-                trajs = engine.run(tasks, seed=0)
-                wrong = [t.task.prompt_id for t in trajs if t.answer != expected[t.task.prompt_id]]
-                if wrong:  # the replay must be the expert's episode, or the timing means nothing
-                    raise RuntimeError(f"replayed trajectories did not end with the expert's answer: {wrong}: "
-                                       f"{[(t.termination, t.answer) for t in trajs]} vs {expected}")
-                calls.append(sum(t.tool_calls for t in trajs))
+        def critical() -> None:
+            engine.run([slowest], seed=0)
 
-            def critical() -> None:
-                engine.run([slowest], seed=0)
+        def serial() -> None:
+            for task in tasks:
+                engine.run([task], seed=0)
 
-            def serial() -> None:
-                for task in tasks:
-                    engine.run([task], seed=0)
-
-            timings = interleaved({"group": group, "critical": critical, "serial": serial},
-                                  repeats=args.repeats, warmup=1)
-            tools.close()
+        timings = interleaved({"group": group, "critical": critical, "serial": serial},
+                              repeats=args.repeats, warmup=1)
     per_round = [g / c for g, c in zip(timings["group"].seconds, timings["critical"].seconds)]
     speedups = [s / g for s, g in zip(timings["serial"].seconds, timings["group"].seconds)]
     result = RolloutBench(timings["group"].median, timings["critical"].median, timings["serial"].median,

@@ -18,12 +18,14 @@ each trajectory with its reward parts and the advantage the learner used).
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from gsjax.agent.rollout import RolloutEngine, Task, Trajectory
 from gsjax.agent.types import Termination
@@ -42,12 +44,44 @@ class Prompt:
     gt_image: str
 
 
-def score(rewards: RewardComputer, prompts: Sequence[Prompt], trajs: Sequence[Trajectory], tag: str,
-          progress: bool = False) -> list[ScoredEpisode]:
-    """Rewards of trajectories (trajectory i answers `prompts[i]`), computed concurrently."""
-    inputs = [RewardInput(p.id, p.prompt, p.gt_image, t.termination, t.answer, tuple(t.shown),
-                          name=f"{tag}-{p.id}-g{t.task.group_index}") for p, t in zip(prompts, trajs)]
-    return rewards.score_many(inputs, progress=progress, desc=f"rewards {tag}")
+def reward_input(prompt: Prompt, t: Trajectory, tag: str) -> RewardInput:
+    return RewardInput(prompt.id, prompt.prompt, prompt.gt_image, t.termination, t.answer, tuple(t.shown),
+                       name=f"{tag}-{prompt.id}-g{t.task.group_index}")
+
+
+@dataclasses.dataclass
+class Rollouts:
+    """A batch of episodes and their rewards; `rollout_s` until the last episode ended, `reward_s`
+    the wait for rewards after that (rewards of finished episodes run while the others decode)."""
+
+    trajectories: list[Trajectory]
+    scored: list[ScoredEpisode]
+    rollout_s: float
+    reward_s: float
+
+
+def rollout_and_score(engine: RolloutEngine, rewards: RewardComputer, prompts: Sequence[Prompt],
+                      tasks: Sequence[Task], tag: str, seed: int | None, progress: bool = False) -> Rollouts:
+    """Task i (answering `prompts[i]`) rolled out and scored: each episode's reward (generation and
+    judging) is submitted the moment the episode ends, on `rewards.workers` threads, so a step waits
+    for the rewards of the last episodes only, not for all of them after all the rollouts."""
+    if len(prompts) != len(tasks):
+        raise ValueError(f"{len(prompts)} prompts for {len(tasks)} tasks; expected one per task")
+    futures: list[cf.Future | None] = [None] * len(tasks)
+    with cf.ThreadPoolExecutor(max_workers=max(1, min(rewards.workers, len(tasks))),
+                               thread_name_prefix="reward") as pool:
+        def finished(i: int, t: Trajectory) -> None:
+            futures[i] = pool.submit(rewards.score, reward_input(prompts[i], t, tag))
+
+        t0 = time.perf_counter()
+        trajs = engine.run(tasks, progress=progress, seed=seed, on_finished=finished)
+        t1 = time.perf_counter()
+        bar = tqdm(total=len(tasks), desc=f"rewards {tag}", disable=not progress, leave=False)
+        for fut in cf.as_completed(futures):
+            bar.update(1)
+        bar.close()
+        scored = [f.result() for f in futures]
+    return Rollouts(trajs, scored, t1 - t0, time.perf_counter() - t1)
 
 
 # One row of numbers per episode: what the step and evaluation summaries are made of.
@@ -133,10 +167,8 @@ class GRPOLoop:
         expanded = [p for p in prompts for _ in range(self.group_size)]
         tasks = [Task(p.id, p.prompt, g) for p in prompts for g in range(self.group_size)]
         self.engine.sampler.update_weights(self.trainer.model)
-        t0 = time.perf_counter()
-        trajs = self.engine.run(tasks, progress=progress, seed=seed)
-        t1 = time.perf_counter()
-        scored = score(self.rewards, expanded, trajs, f"step{seed}")
+        done = rollout_and_score(self.engine, self.rewards, expanded, tasks, f"step{seed}", seed)
+        trajs, scored = done.trajectories, done.scored
         t2 = time.perf_counter()
         samples = learner_samples(trajs, scored, self.trainer.cfg.filtering)
         learned = step_statistics(samples, self.trainer.cfg)  # the advantages the update uses, for the record too
@@ -149,8 +181,8 @@ class GRPOLoop:
         metrics.update(summary)
         sampled = float(stats[:, EPISODE_STATS.index("sampled_tokens")].sum())
         tokens = float(stats[:, EPISODE_STATS.index("traj_tokens")].sum())
-        metrics.update(rollout_s=t1 - t0, reward_s=t2 - t1, update_s=t3 - t2,
-                       sample_tokens_per_s=sampled / max(t1 - t0, 1e-9),
+        metrics.update(rollout_s=done.rollout_s, reward_s=done.reward_s, update_s=t3 - t2,
+                       sample_tokens_per_s=sampled / max(done.rollout_s, 1e-9),
                        train_tokens_per_s=tokens / max(t3 - t2, 1e-9))
         return metrics
 
@@ -159,5 +191,5 @@ def evaluate(engine: RolloutEngine, rewards: RewardComputer, prompts: Sequence[P
              progress: bool = True) -> dict[str, float]:
     """Mean held-out reward of one sample per prompt (failures left out; `reward_strict` counts
     them as 0), over this process's share of the prompts and every other process's."""
-    trajs = engine.run([Task(p.id, p.prompt) for p in prompts], progress=progress, seed=seed)
-    return gathered_summary(trajs, score(rewards, prompts, trajs, tag, progress))[0]
+    done = rollout_and_score(engine, rewards, prompts, [Task(p.id, p.prompt) for p in prompts], tag, seed, progress)
+    return gathered_summary(done.trajectories, done.scored)[0]
