@@ -13,6 +13,9 @@ Endpoints:
                               `token_ids`, as vLLM returns them (`"return_tokens_as_token_ids": true`
                               names logprob tokens `token_id:N`). `seed` fixes the draws: a request
                               samples the same tokens whatever else the server is decoding.
+  POST /v1/completions        one prompt, text or token ids (what `gsjax.sampling.served.ServedBackend`
+                              sends for rollouts), not streamed; `logprobs`, `return_token_ids`,
+                              `stop_reason` as vLLM returns them.
   POST /update_weights_from_disk   `{"model_path": DIR}`: load a Hugging Face folder of the same
                               architecture and sample from it from now on (SGLang's endpoint); the
                               running requests finish on the old weights first, none mixes both.
@@ -108,16 +111,8 @@ def message_text(message: Any, index: int) -> dict[str, str]:
     return {"role": role, "content": "<image>" * images + "".join(texts)}
 
 
-def parse_chat(body: Any, model: str, sampling: SamplingParams) -> ChatRequest:
-    """A /v1/chat/completions body, checked; ApiError names the field that is wrong."""
-    if not isinstance(body, dict):
-        raise ApiError(f"the body is a JSON {type(body).__name__}, expected an object")
-    asked = _typed(body, "model", str, model)
-    if asked != model:
-        raise ApiError(f"the model {asked!r} does not exist; this server serves {model!r}", 404, "model")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise ApiError("'messages' is required: a non-empty list of {role, content}", param="messages")
+def _check_sampling(body: dict[str, Any], sampling: SamplingParams) -> None:
+    """A request may repeat the server's sampling settings or leave them out, nothing else."""
     wanted = {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k}
     for key, value in wanted.items():
         given = _typed(body, key, (int, float), None)
@@ -126,11 +121,64 @@ def parse_chat(body: Any, model: str, sampling: SamplingParams) -> ChatRequest:
                            f"sampler; start it with --{key.replace('_', '-')} to change it)", param=key)
     if _typed(body, "n", int, 1) != 1:
         raise ApiError("'n' must be 1 (send one request per sample)", param="n")
-    if _typed(body, "top_logprobs", int, 0) != 0:
-        raise ApiError("'top_logprobs' is not supported (only the sampled token's log-probability)", param="top_logprobs")
+
+
+def _check_model(body: dict[str, Any], model: str) -> None:
+    asked = _typed(body, "model", str, model)
+    if asked != model:
+        raise ApiError(f"the model {asked!r} does not exist; this server serves {model!r}", 404, "model")
+
+
+def _max_tokens(body: dict[str, Any]) -> int | None:
     max_tokens = _typed(body, "max_completion_tokens", int, None) or _typed(body, "max_tokens", int, None)
     if max_tokens is not None and max_tokens < 1:
         raise ApiError(f"'max_tokens' must be >= 1, got {max_tokens}", param="max_tokens")
+    return max_tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class CompletionRequest:
+    prompt: list[int] | str  # token ids (what a rollout backend sends) or text
+    max_tokens: int | None
+    seed: int | None
+    logprobs: bool
+    return_token_ids: bool
+
+
+def parse_completion(body: Any, model: str, sampling: SamplingParams) -> CompletionRequest:
+    """A /v1/completions body (one prompt: text or token ids, not streamed), checked."""
+    if not isinstance(body, dict):
+        raise ApiError(f"the body is a JSON {type(body).__name__}, expected an object")
+    _check_model(body, model)
+    _check_sampling(body, sampling)
+    prompt = body.get("prompt")
+    ids = isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+    if not (ids or (isinstance(prompt, str) and prompt)):
+        raise ApiError("'prompt' is required: a non-empty string or list of token ids (one prompt per request)",
+                       param="prompt")
+    if _typed(body, "stream", bool, False):
+        raise ApiError("'stream' is not served for /v1/completions (use /v1/chat/completions)", param="stream")
+    if _typed(body, "echo", bool, False):
+        raise ApiError("'echo' is not supported", param="echo")
+    logprobs = _typed(body, "logprobs", int, None)
+    if logprobs is not None and logprobs > 1:
+        raise ApiError("'logprobs' above 1 is not supported (only the sampled token's)", param="logprobs")
+    return CompletionRequest(list(prompt) if ids else prompt, _max_tokens(body), _typed(body, "seed", int, None),
+                             logprobs is not None, _typed(body, "return_token_ids", bool, False))
+
+
+def parse_chat(body: Any, model: str, sampling: SamplingParams) -> ChatRequest:
+    """A /v1/chat/completions body, checked; ApiError names the field that is wrong."""
+    if not isinstance(body, dict):
+        raise ApiError(f"the body is a JSON {type(body).__name__}, expected an object")
+    _check_model(body, model)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError("'messages' is required: a non-empty list of {role, content}", param="messages")
+    _check_sampling(body, sampling)
+    if _typed(body, "top_logprobs", int, 0) != 0:
+        raise ApiError("'top_logprobs' is not supported (only the sampled token's log-probability)", param="top_logprobs")
+    max_tokens = _max_tokens(body)
     stop = _typed(body, "stop", (str, list), [])
     stop = [stop] if isinstance(stop, str) else stop
     if not all(isinstance(s, str) and s for s in stop):
@@ -162,13 +210,20 @@ class PolicyService:
         if isinstance(self.policy.model, VisionLM) and any("<image>" in m["content"] for m in request.messages):
             raise ApiError("image inputs to a vision-language policy are not served yet (send text only)",
                            param="messages")
-        ids = self.policy.tokenizer.render_chat(request.messages, add_generation_prompt=True).ids
+        return self.fits(self.policy.tokenizer.render_chat(request.messages, add_generation_prompt=True).ids,
+                         "messages")
+
+    def fits(self, ids: list[int], param: str) -> list[int]:
+        """`ids`, or ApiError when the cache cannot hold them and one sampled token."""
+        vocab = self.policy.model.cfg.vocab_size
+        if any(not 0 <= t < vocab for t in ids):
+            raise ApiError(f"a prompt token id is outside the vocabulary (0..{vocab - 1})", param=param)
         if len(ids) + 1 > self.sampler.cache_len:
             raise ApiError(f"the prompt is {len(ids)} tokens; this server's cache holds {self.sampler.cache_len} "
-                           "(prompt and answer; start it with a larger --cache-len)", param="messages")
+                           "(prompt and answer; start it with a larger --cache-len)", param=param)
         return ids
 
-    def budget(self, request: ChatRequest, prompt: list[int]) -> int:
+    def budget(self, request: ChatRequest | CompletionRequest, prompt: list[int]) -> int:
         room = self.sampler.cache_len - 1 - len(prompt)
         return min(request.max_tokens or room, room)
 
@@ -202,6 +257,26 @@ class PolicyService:
         if request.return_token_ids:
             out["prompt_token_ids"] = prompt
         return out
+
+    def text_completion(self, request: CompletionRequest) -> dict[str, Any]:
+        """A /v1/completions reply: the sampled token ids and their log-probabilities as vLLM returns
+        them (`token_ids`, `logprobs.token_logprobs`), `stop_reason` the stop string or token id."""
+        prompt = request.prompt if isinstance(request.prompt, list) else self.policy.tokenizer.encode(request.prompt)
+        self.fits(prompt, "prompt")
+        turn = self.batcher.submit(prompt, self.budget(request, prompt), request.seed).result()
+        tok = self.policy.tokenizer
+        choice: dict[str, Any] = {"index": 0, "text": self.text(turn.tokens), "finish_reason": finish_reason(turn),
+                                  "stop_reason": turn.stop, "logprobs": None}
+        if request.logprobs:
+            choice["logprobs"] = {"tokens": [tok.decode([t]) for t in turn.tokens],
+                                  "token_logprobs": [float(x) for x in turn.logprobs],
+                                  "top_logprobs": None, "text_offset": None}
+        if request.return_token_ids:
+            choice["token_ids"], choice["prompt_token_ids"] = list(turn.tokens), prompt
+        return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+                "model": self.name, "choices": [choice],
+                "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(turn.tokens),
+                          "total_tokens": len(prompt) + len(turn.tokens)}}
 
     def reload(self, folder: str) -> str:
         """Sample from the weights in `folder` (same architecture) once the running requests end."""
@@ -281,7 +356,8 @@ class PolicyServer(BackgroundServer):
         path = h.path.split("?")[0].rstrip("/")
         if path == "/v1/models":
             self.reply(h, 200, {"object": "list", "data": [{"id": self.service.name, "object": "model",
-                                                            "owned_by": "gsjax", "created": 0}]})
+                                                            "owned_by": "gsjax", "created": 0,
+                                                            "max_model_len": self.service.sampler.cache_len}]})
         elif path == "/health":
             self.reply(h, 200, {"status": "ok"})
         else:
@@ -302,6 +378,9 @@ class PolicyServer(BackgroundServer):
         try:
             if path == "/v1/chat/completions":
                 self._chat(h, self._body(h))
+            elif path == "/v1/completions":
+                request = parse_completion(self._body(h), self.service.name, self.service.sampling)
+                self.reply(h, 200, self.service.text_completion(request))
             elif path == "/update_weights_from_disk":
                 body = self._body(h)
                 folder = body.get("model_path") if isinstance(body, dict) else None
@@ -309,7 +388,8 @@ class PolicyServer(BackgroundServer):
                     raise ApiError("'model_path' is required: a Hugging Face folder", param="model_path")
                 self.reply(h, 200, {"success": True, "message": self.service.reload(folder)})
             else:
-                raise ApiError(f"unknown path {h.path}; POST /v1/chat/completions or /update_weights_from_disk", 404)
+                raise ApiError(f"unknown path {h.path}; POST /v1/chat/completions, /v1/completions or "
+                               "/update_weights_from_disk", 404)
         except ApiError as e:
             self.error(h, e)
         except Exception as e:  # a sampler or loading failure: reported, the server stays up

@@ -295,6 +295,29 @@ def prompt_stream(n: int, per_step: int, seed: int):
     return iter(ds.to_iter_dataset())
 
 
+ROLLOUT_BACKENDS = ("jax", "openai")
+
+
+def rollout_backend(cfg: ml_collections.ConfigDict, policy: Policy, workdir: Path, mesh):
+    """What samples GRPO's rollouts (`rl.rollout_backend`), sampling as the learner scores them (rl.*),
+    whatever a reused policy's agent.json says."""
+    r = cfg.rl
+    if r.rollout_backend == "jax":
+        return policy.sampler(r.num_slots, r.cache_len, seed=cfg.seed, mesh=process_mesh(mesh),
+                              sampling=rl_sampling(cfg))
+    if r.rollout_backend == "openai":
+        from gsjax.sampling.served import ServedBackend
+
+        if jax.process_count() > 1:
+            raise ValueError("rl.rollout_backend='openai' runs on one process (each would push the weights)")
+        if not r.rollout_url or not r.rollout_model:
+            raise ValueError("rl.rollout_backend='openai' needs rl.rollout_url (the engine's base, e.g. "
+                             "http://host:8001) and rl.rollout_model (the name it serves)")
+        return ServedBackend(r.rollout_url, r.rollout_model, num_slots=r.num_slots, sampling=rl_sampling(cfg),
+                             weights_dir=workdir / "rollout_weights", key_env=r.rollout_key_env)
+    raise ValueError(f"rl.rollout_backend must be one of {', '.join(ROLLOUT_BACKENDS)}, got {r.rollout_backend!r}")
+
+
 def grpo_phase(cfg: ml_collections.ConfigDict, workdir: Path, policy: Policy, prompts: list[Prompt], toolbox,
                rewards, today: datetime.date, mlog: metrics_lib.MetricsLog, mesh) -> Policy:
     out = workdir / "policy_grpo"
@@ -312,9 +335,8 @@ def grpo_phase(cfg: ml_collections.ConfigDict, workdir: Path, policy: Policy, pr
     # still evaluated afterwards.
     graphdef, state = nnx.split(policy.model)
     trainer = grpo_trainer(cfg, nnx.merge(graphdef, jax.tree.map(jnp.copy, state)), mesh)
-    # The rollouts sample as the learner scores them (rl.*), whatever a reused policy's agent.json says.
-    sampler = policy.sampler(r.num_slots, r.cache_len, seed=cfg.seed, mesh=process_mesh(mesh), sampling=rl_sampling(cfg))
-    loop = GRPOLoop(trainer, policy.engine(sampler, toolbox, today), rewards, r.group_size,
+    backend = rollout_backend(cfg, policy, workdir, mesh)
+    loop = GRPOLoop(trainer, policy.engine(backend, toolbox, today), rewards, r.group_size,
                     workdir / ROLLOUTS_DIR if r.record_rollouts else None)
     stream = prompt_stream(len(prompts), r.prompts_per_step, cfg.seed)
     with Checkpointer(workdir / "ckpt_grpo", keep=r.keep_checkpoints) as ckpt:
@@ -383,10 +405,11 @@ def eval_phase(cfg: ml_collections.ConfigDict, workdir: Path, policies: dict[str
 # evaluated, not what it computes (the mesh changes floating-point sums only: tests/test_multihost.py).
 RERUN_MAY_CHANGE = ("workdir", "fresh", "eval", "mesh", "sft.checkpoint_every", "sft.keep_checkpoints",
                     "rl.checkpoint_every", "rl.keep_checkpoints", "rl.max_broken_steps", "rl.record_rollouts",
+                    "rl.rollout_backend", "rl.rollout_url", "rl.rollout_model", "rl.rollout_key_env",
                     "tools.workers", "reward.workers")
 # What a fresh start removes from the folder: every output of a run.
 RUN_OUTPUTS = ("world", "data", "tokenizer", "tool_images", "ckpt_sft", "policy_sft", "ckpt_grpo", "policy_grpo",
-               "rollout_images", ROLLOUTS_DIR, "eval_images", "metrics.jsonl", "tensorboard", "summary.json",
+               "rollout_images", ROLLOUTS_DIR, "rollout_weights", "eval_images", "metrics.jsonl", "tensorboard", "summary.json",
                "grpo_curve.png", "grpo_entropy.png", "config.json")
 
 

@@ -25,6 +25,7 @@ from gsjax.models.hf_io import load_model, save_model
 from gsjax.models.interface import CausalLM
 from gsjax.parallel import barrier, is_primary
 from gsjax.sampling import Sampler, SamplingParams
+from gsjax.sampling.backend import RolloutBackend
 from gsjax.tokenizer import Tokenizer
 
 AGENT_FILE = "agent.json"
@@ -49,8 +50,9 @@ class Policy:
                        stop_token_ids=stops, stop_strings=STOP_STRINGS, decode=tok.decode, seed=seed, mesh=mesh,
                        **kwargs)
 
-    def engine(self, sampler: Sampler, toolbox, today: datetime.date | None = None) -> RolloutEngine:
-        return RolloutEngine(sampler, self.tokenizer, toolbox, limits=self.limits, today=today, texts=self.texts)
+    def engine(self, backend: RolloutBackend, toolbox, today: datetime.date | None = None) -> RolloutEngine:
+        """The rollout engine over `backend` (this policy's `sampler`, or a served engine's `ServedBackend`)."""
+        return RolloutEngine(backend, self.tokenizer, toolbox, limits=self.limits, today=today, texts=self.texts)
 
 
 def _has(tok: Tokenizer, token: str) -> bool:

@@ -1,6 +1,7 @@
 """Prompts -> trajectories: the multi-turn rollout engine.
 
-Each task gets a sampler slot and an `Episode`. Slots decode together in the jitted sampler; when a
+Each task gets a slot of the rollout backend (`gsjax.sampling.backend`: the jitted JAX sampler, or
+an OpenAI-compatible engine) and an `Episode`. Slots decode together; when a
 slot's turn ends, its text goes to the episode: a tool call runs on the toolbox's thread pool
 while the other slots keep decoding, and when it returns its observation (closing the assistant
 turn, the tool response, the next assistant header) is appended to that slot's KV cache without
@@ -30,7 +31,8 @@ from gsjax.agent.texts import AgentTexts
 from gsjax.agent.types import Answer, ImageRef, Termination, ToolResult
 from gsjax.agent.vision import PolicyImages, join
 from gsjax.models.interface import Pixels
-from gsjax.sampling import FinishReason, Sampler, Turn
+from gsjax.sampling import FinishReason, Turn
+from gsjax.sampling.backend import RolloutBackend
 from gsjax.tokenizer import Tokenizer
 
 
@@ -94,21 +96,25 @@ class _Live:
 
 
 class RolloutEngine:
-    def __init__(self, sampler: Sampler, tokenizer: Tokenizer, toolbox, *, limits: AgentLimits = AgentLimits(),
+    def __init__(self, backend: RolloutBackend, tokenizer: Tokenizer, toolbox, *, limits: AgentLimits = AgentLimits(),
                  today: datetime.date | None = None, image_pad_tokens: int = 1, texts: AgentTexts = AgentTexts()):
-        self.sampler, self.tok, self.toolbox = sampler, tokenizer, toolbox
+        self.backend, self.tok, self.toolbox = backend, tokenizer, toolbox
         self.limits = limits
         self.texts = texts
         self.today = today or datetime.date.today()
         self.image_pad_tokens = image_pad_tokens
         # A vision-language policy sees the pixels (one placeholder per merged patch); a text-only
         # one sees `image_pad_tokens` placeholders per image.
-        vl = getattr(sampler, "vl_cfg", None)  # other rollout backends: text-only
+        vl = getattr(backend, "vl_cfg", None)  # other rollout backends: text-only
         self.images = None if vl is None else PolicyImages.for_tower(vl.vision, limits.max_pixels)
         self._close_turn = tokenizer.encode("<|im_end|>\n")
         self._newline = tokenizer.encode("\n")
-        self._turn_budget = min(limits.max_tokens_per_turn, sampler.cache_len - 1)
+        self._turn_budget = min(limits.max_tokens_per_turn, backend.cache_len - 1)
         self._seed: int | None = None
+
+    def sync_weights(self, model) -> None:
+        """Roll out with `model`'s current parameters from now on (after a learner update)."""
+        self.backend.update_weights(model)
 
     def run(self, tasks: Sequence[Task], progress: bool = False, seed: int | None = None,
             on_finished: Callable[[int, Trajectory], None] | None = None) -> list[Trajectory]:
@@ -122,25 +128,25 @@ class RolloutEngine:
         done: dict[int, Trajectory] = {}
         bar = tqdm(total=len(tasks), desc="rollouts", disable=not progress, leave=False)
         while todo or live:
-            for slot in range(self.sampler.num_slots):
+            for slot in range(self.backend.num_slots):
                 if todo and slot not in live:
                     idx, task = todo.pop()
                     live[slot] = (idx, self._begin(slot, task))
             for slot, (_, lv) in list(live.items()):  # tool results that came back
                 if lv.future is not None and lv.future.done():
                     self._after_tool(slot, lv, lv.future.result())
-            for turn in self.sampler.step() if self.sampler.busy else ():
+            for turn in self.backend.step() if self.backend.busy else ():
                 self._after_turn(turn.slot, live[turn.slot][1], turn)
             for slot, (idx, lv) in list(live.items()):
                 if lv.episode.done:
                     done[idx] = self._finish(lv)
                     if on_finished is not None:
                         on_finished(idx, done[idx])
-                    self.sampler.free(slot)
+                    self.backend.free(slot)
                     del live[slot]
                     bar.update(1)
             waiting = [lv.future for _, lv in live.values() if lv.future is not None]
-            if waiting and not self.sampler.busy and not any(f.done() for f in waiting):
+            if waiting and not self.backend.busy and not any(f.done() for f in waiting):
                 cf.wait(waiting, return_when=cf.FIRST_COMPLETED)  # nothing to decode: wait for a tool
         bar.close()
         return [done[i] for i in range(len(tasks))]
@@ -160,7 +166,7 @@ class RolloutEngine:
             episode.abort(Termination.MAX_TOKENS)
             return lv
         lv.pixels.append(pixels)
-        self.sampler.start(slot, prompt, self._budget(lv), seed=self._task_seed(task), images=pixels)
+        self.backend.start(slot, prompt, self._budget(lv), seed=self._task_seed(task), images=pixels)
         return lv
 
     def _render(self, lv: _Live, messages) -> tuple[list[int], Pixels | None] | None:
@@ -217,7 +223,7 @@ class RolloutEngine:
             return
         lv.add(ids, 0)
         lv.pixels.append(pixels)
-        self.sampler.append(slot, lv.closing + ids, self._budget(lv), images=pixels)
+        self.backend.append(slot, lv.closing + ids, self._budget(lv), images=pixels)
 
     def _task_seed(self, task: Task) -> int | None:
         if self._seed is None:
@@ -228,7 +234,7 @@ class RolloutEngine:
         """Tokens the next turn may sample after the conversation's tokens (and `extra` more about
         to be added), so that with the turn's closing `<|im_end|>\\n` it stays within the conversation
         limit, the response limit and the cache."""
-        limit = min(self.limits.max_conversation_tokens, self.sampler.cache_len,
+        limit = min(self.limits.max_conversation_tokens, self.backend.cache_len,
                     lv.prompt_len + self.limits.max_response_tokens)
         return min(self._turn_budget, limit - len(lv.tokens) - extra - len(self._close_turn))
 

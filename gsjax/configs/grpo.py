@@ -128,6 +128,11 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         # Every episode of each step in workdir/rollouts/step_0001.jsonl... (conversation, answer, reward
         # parts, judge rationales, advantage; gsjax/rl/records.py); python -m gsjax.eval.rollout_report shows one.
         record_rollouts=True,
+        # Who samples the rollouts (gsjax/sampling/backend.py): "jax" (the slot sampler in this process) or
+        # "openai" (an OpenAI-compatible engine at rollout_url serving rollout_model: gsjax.serve_policy,
+        # vLLM or SGLang, started on policy_sft with the rl.temperature / top_p / top_k and seed below;
+        # token ids in and out, weights pushed each step as a Hugging Face folder it reloads from disk).
+        rollout_backend="jax", rollout_url="", rollout_model="", rollout_key_env="",
         train_vision=True))  # the reference's RL trains the whole model (verl freeze_vision_tower: false)
 
     c.reward = reward_config()

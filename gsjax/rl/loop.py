@@ -166,7 +166,7 @@ class GRPOLoop:
             raise ValueError(f"GRPOLoop.step: recording rollouts needs the step's number (>= 1), got {number}")
         expanded = [p for p in prompts for _ in range(self.group_size)]
         tasks = [Task(p.id, p.prompt, g) for p in prompts for g in range(self.group_size)]
-        self.engine.sampler.update_weights(self.trainer.model)
+        self.engine.sync_weights(self.trainer.model)
         done = rollout_and_score(self.engine, self.rewards, expanded, tasks, f"step{seed}", seed)
         trajs, scored = done.trajectories, done.scored
         t2 = time.perf_counter()
