@@ -48,7 +48,7 @@ def pytest_unconfigure(config):
 # 26-28 min), so it must not be the last file to start. Both cores are busy throughout either way
 # (98% measured), so this bounds the tail, not the total.
 LONGEST_FIRST = ("test_multihost.py", "test_plan.py", "test_train_vl.py", "test_learner_vision.py", "test_train.py",
-                 "test_qwen_image_mesh.py", "test_learner.py")
+                 "test_qwen_image_mesh.py", "test_learner.py", "test_notebooks.py")
 
 
 def pytest_collection_modifyitems(items):

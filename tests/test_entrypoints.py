@@ -1,15 +1,11 @@
-"""The main job's embedded default, the config loader and the quickstart notebook run end to end."""
+"""The main job's embedded default and the config loader run end to end (the notebooks: tests/test_notebooks.py)."""
 
 import json
-import runpy
-from pathlib import Path
 
 import pytest
 
 from gsjax import config as config_lib
 from gsjax import sample
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_sample_job_runs_two_turns_on_its_default(capsys):
@@ -39,12 +35,6 @@ def test_config_presets_and_overrides():
         config_lib.from_argv(["--cofig.x=1"], "configs/sample.py")
     with pytest.raises(FileNotFoundError, match="missing.py"):
         config_lib.load("configs/missing.py")
-
-
-def test_quickstart_notebook_executes(capsys):
-    runpy.run_path(str(ROOT / "notebooks/quickstart.py"), run_name="__main__")
-    out = capsys.readouterr().out
-    assert "compilations:" in out and "turn 2:" in out
 
 
 def test_saved_configs_never_hold_a_planted_key(tmp_path):
