@@ -27,8 +27,10 @@ config's real shapes:
 It prints, per chip, from each compiled executable's memory analysis: parameters, optimizer state,
 KV cache, batch and other inputs (read off the inputs' shardings), temporaries, and the total
 (inputs + outputs - donated + temporaries), beside the chip's HBM, with "fits" or "does not fit";
-then what stays resident during a GRPO step (learner state, sampler weights, cache and the largest
-program's temporaries). FLOPs per chip come from the compiled programs' cost analysis. XLA counts a
+then what stays resident during a GRPO step, phase by phase: the rollouts (learner state, sampler
+weights, KV cache, the sampler's temporaries) and the update (learner state, its temporaries and
+batch), the sampler's weights and cache being freed during the update (`rl.release_sampler`; off,
+one phase holds everything with the largest temporaries). FLOPs per chip come from the compiled programs' cost analysis. XLA counts a
 loop body once, so the scanned layers, micro-batches and decode chunk are counted by compiling the
 same program with 1 and 2 unrolled layers, one micro-batch and one decode step, and scaling:
 flops = f(1) + (L - 1) * (f(2) - f(1)), times the micro-batches that hold rows (or decode steps).
@@ -556,32 +558,40 @@ def report(topology: Topology, mesh_shape: dict, measured: Sequence[Measured], r
                      f"{fmt_gib(hbm) if hbm else '-':>7}  {verdict:<12} {tflop:>9} {time:>14}")
         lines.append(f"{'':<24} {m.note}")
     if resident:
-        total = sum(resident.values())
+        total = max(sum(phase.values()) for phase in resident.values())
         fits = total <= hbm if hbm else None
         ok &= fits is not False
-        parts = ", ".join(f"{k} {fmt_gib(v)}" for k, v in resident.items())
         verdict = "-" if fits is None else ("fits" if fits else "DOES NOT FIT")
-        lines += ["", f"resident during a GRPO step (per chip): {parts} = {fmt_gib(total)} GiB of "
+        lines += ["", f"resident during a GRPO step (per chip, the largest phase): {fmt_gib(total)} GiB of "
                       f"{fmt_gib(hbm) if hbm else '-'}: {verdict}"]
+        for name, phase in resident.items():
+            parts = ", ".join(f"{k} {fmt_gib(v)}" for k, v in phase.items())
+            lines.append(f"  {name}: {parts} = {fmt_gib(sum(phase.values()))}")
     lines.append("")
     lines.append("memory: each compiled executable's memory_analysis(); FLOPs: cost_analysis(), loops scaled "
                  "(see gsjax/plan.py); decode time is a lower bound (bandwidth-bound)")
     return "\n".join(lines), ok
 
 
-def resident_bytes(measured: Sequence[Measured]) -> dict[str, int] | None:
-    """What a GRPO process holds at once: the learner's parameters and optimizer state, the
-    sampler's weights and KV cache, and the largest temporaries (+ batch) of its programs."""
+def resident_bytes(measured: Sequence[Measured], release: bool = True) -> dict[str, dict[str, int]] | None:
+    """What a GRPO process holds at once, per phase of a step. With `release` (`rl.release_sampler`,
+    the default) the sampler's weights and KV cache are freed after the rollouts and placed again
+    before the next ones, so the rollout phase holds the learner state, the sampler's weights and
+    cache and the sampler's temporaries, and the update phase the learner state and the update's
+    temporaries and batch; without it one phase holds all of them with the largest temporaries."""
     by = {m.name: m for m in measured}
     if "grpo update" not in by or "rollout decode" not in by:
         return None
     upd, dec, pre = by["grpo update"], by["rollout decode"], by["rollout prefill"]
-    extra = {"parameters": upd.roles["parameters"], "optimizer": upd.roles["optimizer"],
-             "sampler weights": dec.roles["sampler weights"], "KV cache": dec.roles["KV cache"]}
+    learner = {"parameters": upd.roles["parameters"], "optimizer": upd.roles["optimizer"]}
     if "frozen reference" in upd.roles:
-        extra["frozen reference"] = upd.roles["frozen reference"]
-    extra["largest temporaries"] = max(upd.temp + upd.roles["batch"], dec.temp, pre.temp)
-    return extra
+        learner["frozen reference"] = upd.roles["frozen reference"]
+    sampler = {"sampler weights": dec.roles["sampler weights"], "KV cache": dec.roles["KV cache"]}
+    if not release:
+        return {"step": learner | sampler | {"largest temporaries": max(upd.temp + upd.roles["batch"], dec.temp,
+                                                                         pre.temp)}}
+    return {"rollout": learner | sampler | {"temporaries": max(dec.temp, pre.temp)},
+            "update": learner | {"temporaries and batch": upd.temp + upd.roles["batch"]}}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -635,7 +645,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         measured.append(plan_sft(cfg, model_cfg, mesh, with_flops))
     if not measured:
         raise SystemExit("error: the config runs none of the programs asked for (rl.steps and sft.steps are 0?)")
-    resident = resident_bytes(measured)
+    resident = resident_bytes(measured, cfg.rl.release_sampler)
     text, ok = report(topology, dict(mesh.shape), measured, resident, args.mfu)
     print(text)
     write_json(args.json, topology, measured, resident, ok)

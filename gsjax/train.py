@@ -337,7 +337,7 @@ def grpo_phase(cfg: ml_collections.ConfigDict, workdir: Path, policy: Policy, pr
     trainer = grpo_trainer(cfg, nnx.merge(graphdef, jax.tree.map(jnp.copy, state)), mesh)
     backend = rollout_backend(cfg, policy, workdir, mesh)
     loop = GRPOLoop(trainer, policy.engine(backend, toolbox, today), rewards, r.group_size,
-                    workdir / ROLLOUTS_DIR if r.record_rollouts else None)
+                    workdir / ROLLOUTS_DIR if r.record_rollouts else None, release_sampler=r.release_sampler)
     stream = prompt_stream(len(prompts), r.prompts_per_step, cfg.seed)
     with Checkpointer(workdir / "ckpt_grpo", keep=r.keep_checkpoints) as ckpt:
         start = 0
@@ -406,6 +406,7 @@ def eval_phase(cfg: ml_collections.ConfigDict, workdir: Path, policies: dict[str
 RERUN_MAY_CHANGE = ("workdir", "fresh", "eval", "mesh", "sft.checkpoint_every", "sft.keep_checkpoints",
                     "rl.checkpoint_every", "rl.keep_checkpoints", "rl.max_broken_steps", "rl.record_rollouts",
                     "rl.rollout_backend", "rl.rollout_url", "rl.rollout_model", "rl.rollout_key_env",
+                    "rl.release_sampler",
                     "tools.workers", "reward.workers")
 # What a fresh start removes from the folder: every output of a run.
 RUN_OUTPUTS = ("world", "data", "tokenizer", "tool_images", "ckpt_sft", "policy_sft", "ckpt_grpo", "policy_grpo",

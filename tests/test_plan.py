@@ -57,6 +57,10 @@ def test_a_mid_size_config_fits_a_v5p_8_with_a_sharded_cache_and_no_vocab_sized_
     assert "32 micro-batches x 2 rows x 8192 tokens" in update["note"]
     assert update["temp"] < 8192 * 32768 * 4
     assert "resident during a GRPO step" in proc.stdout
+    # The sampler's weights and cache are freed during the update: a step holds its larger phase.
+    rollout, updating = doc["resident"]["rollout"], doc["resident"]["update"]
+    assert rollout["KV cache"] == cache // 4 and "KV cache" not in updating and "sampler weights" not in updating
+    assert updating["temporaries and batch"] == update["temp"] + update["roles"]["batch"]
 
 
 def test_flops_count_every_layer_of_a_scanned_model(monkeypatch):
@@ -65,7 +69,7 @@ def test_flops_count_every_layer_of_a_scanned_model(monkeypatch):
     count of the same update with its 4 layers unrolled, where XLA sees every layer."""
     import jax
 
-    from configs.grpo import get_config
+    from gsjax.configs.grpo import get_config
     from gsjax import plan
     from gsjax.parallel import make_mesh
 
@@ -182,3 +186,20 @@ def test_a_vision_language_learner_plans_its_images_and_holds_no_patches_by_patc
     shapes = [[int(d) for d in s[s.index("[") + 1:-1].split(",")] for s in update["largest"]]
     assert shapes and not [s for s in shapes if sum(d >= local for d in s) >= 2], update["largest"]
     assert update["temp"] < local * 16_384 * 4  # one head's fp32 scores of one layer, per chip
+
+
+def test_the_resident_figure_is_the_larger_phase_when_the_sampler_is_released():
+    from gsjax.plan import Measured, resident_bytes
+
+    def m(name, roles, temp):
+        return Measured(name=name, mesh={"data": 1}, roles=roles, arguments=sum(roles.values()), outputs=0,
+                        aliased=0, temp=temp, code=0)
+
+    gib = 2**30
+    measured = [m("rollout prefill", {"sampler weights": 8 * gib, "KV cache": 20 * gib}, 3 * gib),
+                m("rollout decode", {"sampler weights": 8 * gib, "KV cache": 20 * gib}, 2 * gib),
+                m("grpo update", {"parameters": 6 * gib, "optimizer": 12 * gib, "batch": 3 * gib}, 55 * gib)]
+    phases = resident_bytes(measured)
+    assert {k: sum(v.values()) // gib for k, v in phases.items()} == {"rollout": 49, "update": 76}
+    held = resident_bytes(measured, release=False)["step"]
+    assert sum(held.values()) // gib == 6 + 12 + 8 + 20 + 58  # everything at once, the largest temporaries

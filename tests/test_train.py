@@ -45,7 +45,10 @@ def test_grpo_loop_on_the_world_compiles_each_shape_once(tmp_path):
     prompts = [Prompt(str(i.id), i.prompt, i.gt_image) for i in items]
     with build_toolbox(tools) as toolbox:
         loop = GRPOLoop(trainer, policy.engine(sampler, toolbox, datetime.date(2026, 1, 1)), rewards, group_size=2)
-        steps = [loop.step(prompts, seed=s) for s in range(4)]
+        steps = []
+        for s in range(4):
+            steps.append(loop.step(prompts, seed=s))
+            assert sampler.released  # its weights copy and cache are let go during each update
     shapes = {(m["micro_batches"], m["batch_rows"]) for m in steps}
     turns = {m["traj_tokens"] for m in steps}
     assert len(turns) > 1  # trajectories of different lengths and turn counts from step to step

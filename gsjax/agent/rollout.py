@@ -116,6 +116,10 @@ class RolloutEngine:
         """Roll out with `model`'s current parameters from now on (after a learner update)."""
         self.backend.update_weights(model)
 
+    def release(self) -> None:
+        """Free the backend's device memory until the next `sync_weights` (during the update)."""
+        self.backend.release()
+
     def run(self, tasks: Sequence[Task], progress: bool = False, seed: int | None = None,
             on_finished: Callable[[int, Trajectory], None] | None = None) -> list[Trajectory]:
         """Trajectories for `tasks`, in order. With `seed`, each task's tokens are drawn from a seed

@@ -133,6 +133,9 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         # vLLM or SGLang, started on policy_sft with the rl.temperature / top_p / top_k and seed below;
         # token ids in and out, weights pushed each step as a Hugging Face folder it reloads from disk).
         rollout_backend="jax", rollout_url="", rollout_model="", rollout_key_env="",
+        # Free the sampler's weights copy and KV cache while the learner updates (made again before the
+        # next rollouts): a step holds the larger of its two phases, not both (gsjax.plan's resident).
+        release_sampler=True,
         train_vision=True))  # the reference's RL trains the whole model (verl freeze_vision_tower: false)
 
     c.reward = reward_config()

@@ -153,11 +153,14 @@ def learner_samples(trajs: Sequence[Trajectory], scored: Sequence[ScoredEpisode]
 
 class GRPOLoop:
     def __init__(self, trainer: GRPOTrainer, engine: RolloutEngine, rewards: RewardComputer, group_size: int,
-                 rollouts_dir: Path | None = None):
+                 rollouts_dir: Path | None = None, release_sampler: bool = True):
         if group_size < 2:
             raise ValueError(f"GRPO needs group_size >= 2 (advantages compare samples of a prompt), got {group_size}")
         self.trainer, self.engine, self.rewards, self.group_size = trainer, engine, rewards, group_size
         self.rollouts_dir = rollouts_dir  # None: no records
+        # Free the sampler's weights copy and KV cache during the update (`rl.release_sampler`):
+        # a step then holds the larger of its two phases, not both (gsjax.plan's resident figure).
+        self.release_sampler = release_sampler
 
     def step(self, prompts: Sequence[Prompt], seed: int, progress: bool = False, number: int = 0) -> dict[str, float]:
         """One step on this process's share of the step's prompts (all processes call it); `number`
@@ -169,6 +172,8 @@ class GRPOLoop:
         self.engine.sync_weights(self.trainer.model)
         done = rollout_and_score(self.engine, self.rewards, expanded, tasks, f"step{seed}", seed)
         trajs, scored = done.trajectories, done.scored
+        if self.release_sampler:
+            self.engine.release()
         t2 = time.perf_counter()
         samples = learner_samples(trajs, scored, self.trainer.cfg.filtering)
         learned = step_statistics(samples, self.trainer.cfg)  # the advantages the update uses, for the record too

@@ -5,7 +5,9 @@ conversation in a slot with prompt token ids and asks for one turn; `append` add
 turn's closing, a tool observation, the next assistant header) after what the slot holds and asks
 for the next turn; `step` makes progress and returns the turns that ended (tokens,
 log-probabilities under the policy at the sampling temperature, finish reason); `free` releases a
-slot; `update_weights` makes the backend sample from a model's current parameters.
+slot; `update_weights` makes the backend sample from a model's current parameters, and `release`
+lets go of what it holds on the learner's devices between rollouts (the JAX sampler's weights copy
+and KV cache) until the next `update_weights`.
 
 Two backends: the JAX slot sampler in this process (`gsjax.sampling.Sampler`, the default), and an
 OpenAI-compatible engine over HTTP (`gsjax.sampling.served.ServedBackend`: `gsjax.serve_policy`,
@@ -41,3 +43,5 @@ class RolloutBackend(Protocol):
     def free(self, slot: int) -> None: ...
 
     def update_weights(self, model: CausalLM) -> None: ...
+
+    def release(self) -> None: ...

@@ -176,8 +176,19 @@ class Sampler:
 
     def update_weights(self, model: CausalLM) -> None:
         """Sample from `model`'s current parameters from now on (after a training step): a copy
-        placed for sampling (every process takes part when the model spans several)."""
+        placed for sampling (every process takes part when the model spans several); a released
+        KV cache is made again."""
         self._weights = self.programs.place_weights(nnx.state(model))
+        if self._cache is None:
+            self._cache = self.programs.init_cache()
+
+    def release(self) -> None:
+        """Let go of the weights copy and the KV cache (between rollouts, so the learner's update has
+        their memory); `update_weights` places them again. Every slot is emptied."""
+        if any(s.running for s in self._slots):
+            raise RuntimeError("release() while turns are decoding; release between rollouts")
+        self._weights = self._cache = None
+        self._slots = [_Slot() for _ in range(self.num_slots)]
 
     def start(self, slot: int, ids: Sequence[int], max_new_tokens: int, seed: int | None = None,
               forced: Sequence[int] = (), images: Pixels | None = None) -> None:
@@ -228,11 +239,18 @@ class Sampler:
     def busy(self) -> bool:
         return any(s.running for s in self._slots)
 
+    @property
+    def released(self) -> bool:
+        """Whether `release` let go of the weights copy and the cache (until `update_weights`)."""
+        return self._weights is None
+
     def free_slots(self) -> list[int]:
         return [i for i, s in enumerate(self._slots) if not s.running]
 
     def step(self) -> list[Turn]:
         """Prefill queued inserts, decode one chunk, return the turns that ended."""
+        if self._weights is None:
+            raise RuntimeError("the sampler was released; update_weights(model) places its weights again")
         finished = self._prefill_queued()
         if any(s.running for s in self._slots):
             finished += self._decode_chunk()
@@ -457,6 +475,7 @@ class SamplerPrograms:
         self.params, self.stop_token_ids = params, tuple(stop_token_ids) or (-1,)
         self.num_slots, self.cache_len, self.chunk = num_slots, cache_len, chunk
         self.counts = collections.Counter() if counts is None else counts
+        self._init_cache = None
         batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
         if num_slots % batch_shards:
             raise ValueError(f"num_slots={num_slots} does not divide over the mesh's data x fsdp = {batch_shards} "
@@ -525,9 +544,11 @@ class SamplerPrograms:
         return x.astype(self.weight_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
 
     def init_cache(self) -> KVCache:
-        fn = jax.jit(lambda: init_cache(self.cfg, self.num_slots, self.cache_len), out_shardings=self.cache_sharding)
+        if self._init_cache is None:  # one program, made again after every release
+            self._init_cache = jax.jit(lambda: init_cache(self.cfg, self.num_slots, self.cache_len),
+                                       out_shardings=self.cache_sharding)
         with self.context():
-            return fn()
+            return self._init_cache()
 
     def _prefill(self, weights, cache: KVCache, row_ids, tokens, starts, positions) -> KVCache:
         self.counts[f"prefill[{tokens.shape[0]}x{tokens.shape[1]}]"] += 1

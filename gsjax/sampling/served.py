@@ -121,6 +121,9 @@ class ServedBackend:
             raise RuntimeError(f"{self.base} refused the weights in {self.weights_dir}: {reply.get('message')}")
         self.reloads += 1
 
+    def release(self) -> None:
+        """Nothing to free here: the engine's memory is its own."""
+
     # ------------------------------------------------------------------ HTTP
 
     def _check(self, slot: int, forced: Sequence[int], images: Pixels | None) -> None:
