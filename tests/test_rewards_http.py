@@ -193,7 +193,9 @@ JUDGE_FAULTS = [
                         "'The generated image looks quite good"),
     (Fault("status", status=500), "image judge: gave up after 2 tries: HTTP 500 from 127.0.0.1:{port}"
                                   "/v1/chat/completions (2 attempts)"),
-    (Fault("status", status=400), "image judge: HTTP 400 from 127.0.0.1:{port}/v1/chat/completions (not retried)"),
+    # A JSON error body is quoted: the API's reason reaches the record.
+    (Fault("status", status=400), 'image judge: HTTP 400 from 127.0.0.1:{port}/v1/chat/completions: '
+                                  '{{"message": "injected HTTP 400"}} (not retried)'),
     (Fault("slow", seconds=3.0), "image judge: gave up after 2 tries: no response from 127.0.0.1:{port}"
                                  "/v1/chat/completions within"),
 ]

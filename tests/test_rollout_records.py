@@ -51,6 +51,9 @@ class GroupScripts:
     def update_weights(self, model) -> None:
         pass
 
+    def release(self) -> None:
+        pass
+
     def start(self, slot, ids, max_new_tokens, seed=None, images=None):
         prompt = next(p for p in self.scripts if p in self.tok.decode(ids))
         self.queue[slot] = list(self.scripts[prompt][self.started[prompt] % G])
