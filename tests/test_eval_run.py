@@ -138,6 +138,7 @@ class ScriptedChatServer(LoopbackServer):
         super().__init__()
         self.by_prompt = {k.prompt: k for k in keys.values()}
         self.bodies = []
+        self.total_tokens = None  # the usage each reply reports (None: none)
 
     def _answer(self, h, body, fault, n):
         request = json.loads(body)
@@ -152,6 +153,9 @@ class ScriptedChatServer(LoopbackServer):
             answer = {"gen_prompt": key.gen_prompt, "reference_images": [{"img_id": "IMG_001", "note": key.names[0]}]}
             content = f"<think>Done.</think>\n<answer>{json.dumps(answer)}</answer>"
         reply = {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]}
+        if self.total_tokens is not None:
+            reply["usage"] = {"prompt_tokens": self.total_tokens - 10, "completion_tokens": 10,
+                              "total_tokens": self.total_tokens}
         self._send(h, 200, json.dumps(reply).encode())
 
 
@@ -175,6 +179,22 @@ def test_openai_compatible_agent_runs_the_episode_with_images_as_image_url_parts
     assert tool_response[1]["type"] == "image_url" and tool_response[1]["image_url"]["url"].startswith("data:image/jpeg")
     assert set(server.authorizations) == {"Bearer sk-agent-test"}
     assert second["temperature"] == 0.6 and second["model"] == "scripted"
+
+
+def test_an_openai_agents_conversation_ends_at_its_token_limit_as_the_endpoint_counts_it(world, tmp_path):
+    keys = {k: v for k, v in read_truth(world / "truth.json").items() if v.split == "eval" and len(v.names) == 1}
+    single = [it for it in read_knowgen(world / "knowgen_eval.json") if it.id in keys][:1]
+    bench = _write_rows(tmp_path / "bench.json", [
+        {"id": it.id, "prompt": it.prompt, "gt_image": it.gt_image,
+         "meta": {"category": it.category, "difficulty": it.difficulty}} for it in single])
+    with ScriptedChatServer(keys) as server:
+        server.total_tokens = 1500  # past agent.limits.max_conversation_tokens (1024) after the first turn
+        cfg = _cfg(world, tmp_path / "w", data__benchmark=str(bench), agent__backend="openai", agent__key_env="",
+                   agent__base_url=server.url + "/v1", agent__model="scripted", eval__baseline=False)
+        s = cli.run(cfg, progress=False)["openai-scripted"]
+    record = json.loads((tmp_path / "w/openai-scripted/results.jsonl").read_text().splitlines()[0])
+    assert record["termination"] == "max_tokens" and record["tool_calls"] == 0 and s["failed"] == 0
+    assert len(server.bodies) == 1  # no second call with a prompt past the limit
 
 
 def test_policy_backend_runs_a_policy_folder(world, tmp_path):

@@ -159,8 +159,9 @@ class OpenAIAgent(_Single):
             out.append({"role": m["role"], "content": parts})
         return out
 
-    def complete(self, messages: list[dict[str, Any]]) -> tuple[str, str]:
-        """One chat call: (text, "stop" | "length"). Raises HttpFailure or ValueError."""
+    def complete(self, messages: list[dict[str, Any]]) -> tuple[str, str, int | None]:
+        """One chat call: (text, "stop" | "length", the conversation's tokens so far as the reply's
+        `usage.total_tokens` says, None when it does not). Raises HttpFailure or ValueError."""
         from gsjax.rewards.judge_openai import reply_text
 
         headers = {}
@@ -176,7 +177,8 @@ class OpenAIAgent(_Single):
         if text is None:
             raise ValueError(f"the agent's reply has no choices[0].message.content: {str(data)[:200]}")
         finish = (data["choices"][0].get("finish_reason") or "stop") if isinstance(data, dict) else "stop"
-        return text, "length" if finish == "length" else "stop"
+        used = data.get("usage", {}).get("total_tokens") if isinstance(data.get("usage"), dict) else None
+        return text, "length" if finish == "length" else "stop", used if isinstance(used, int) else None
 
     def run(self, item_id: str, prompt: str) -> AgentRun:
         from gsjax.agent.tools.http import HttpFailure
@@ -184,11 +186,16 @@ class OpenAIAgent(_Single):
         ep = Episode(prompt, self.today, self.limits, self.texts)
         while not ep.done:
             try:
-                text, finish = self.complete(ep.messages)
+                text, finish, used = self.complete(ep.messages)
             except (HttpFailure, ValueError, OSError) as e:
                 ep.abort(Termination.ERROR)
                 return episode_run(ep, self._client.redact(f"{type(e).__name__}: {e}"))
             step = ep.on_assistant(text, finish)
+            if used is not None and used >= self.limits.max_conversation_tokens and not ep.done:
+                # The conversation reached its limit (the endpoint counted it): it ends here, as a
+                # policy's rollout does, instead of sending a prompt the endpoint may refuse.
+                ep.abort(Termination.MAX_TOKENS)
+                break
             if isinstance(step, RunTool):
                 ep.on_tool_result(self.toolbox.run(step.call, ep.registry))
         return episode_run(ep)
