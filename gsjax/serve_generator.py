@@ -21,14 +21,14 @@ import binascii
 import io
 import json
 import logging
-import signal
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from PIL import Image
 
 from gsjax.fileio import BackgroundServer
+from gsjax.httpd import OwnedServer, json_reply, serve_until_stopped
 from gsjax.rewards.generator_http import EditSettings
 from gsjax.rewards.generator_jax import JaxGenerator
 
@@ -98,48 +98,22 @@ def load_image(url: str) -> Image.Image:
         raise BadRequest(f"an image URL holds {len(raw)} bytes that are not a readable image") from None
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        self.server.owner.handle(self)  # type: ignore[attr-defined]
-
-    def do_GET(self) -> None:  # noqa: N802
-        self.server.owner.reply(self, 404, {"success": False, "message": "POST /generate only"})  # type: ignore[attr-defined]
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        log.debug("%s " + format, self.address_string(), *args)
-
-
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-
 class GeneratorServer(BackgroundServer):
     def __init__(self, generator: JaxGenerator, *, host: str = "127.0.0.1", port: int = 0, path: str = "/generate"):
         self.generator, self.path = generator, path
         self.served = 0
         self.failures = 0
         self._count_lock = threading.Lock()
-        self._http = _HTTPServer((host, port), _Handler)
-        self._http.owner = self  # type: ignore[attr-defined]
+        self._http = OwnedServer((host, port), self)
         self.port = self._http.server_address[1]
         self.url = f"http://{host}:{self.port}"
 
-    @staticmethod
-    def reply(h: BaseHTTPRequestHandler, status: int, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode()
-        try:
-            h.send_response(status)
-            h.send_header("Content-Type", "application/json")
-            h.send_header("Content-Length", str(len(data)))
-            h.end_headers()
-            h.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
-            h.close_connection = True  # the client went away
+    reply = staticmethod(json_reply)
 
-    def handle(self, h: BaseHTTPRequestHandler) -> None:
+    def handle_get(self, h: BaseHTTPRequestHandler) -> None:
+        self.reply(h, 404, {"success": False, "message": f"POST {self.path} only"})
+
+    def handle_post(self, h: BaseHTTPRequestHandler) -> None:
         if h.path.split("?")[0].rstrip("/") != self.path.rstrip("/"):
             self.reply(h, 404, {"success": False, "message": f"unknown path {h.path}; POST {self.path}"})
             return
@@ -214,13 +188,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("give --model (and optionally --text-encoder), or --tiny")
     server = GeneratorServer(generator, host=args.host, port=args.port).start()
     log.info("serving POST %s/generate", server.url)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
-    server.stop()
+    serve_until_stopped(server)
 
 
 if __name__ == "__main__":

@@ -35,16 +35,16 @@ import argparse
 import dataclasses
 import json
 import logging
-import signal
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 from gsjax.agent.policy import Policy, load_policy
 from gsjax.fileio import BackgroundServer
+from gsjax.httpd import OwnedServer, json_reply, serve_until_stopped
 from gsjax.models.interface import VisionLM
 from gsjax.sampling import FinishReason, SamplingParams, Turn
 from gsjax.sampling.batcher import Batcher
@@ -304,29 +304,10 @@ def cut_at_stop(text: str, stops: tuple[str, ...], finish: str) -> tuple[str, st
     return (text[:min(hits)], "stop") if hits else (text, finish)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        self.server.owner.handle_post(self)  # type: ignore[attr-defined]
-
-    def do_GET(self) -> None:  # noqa: N802
-        self.server.owner.handle_get(self)  # type: ignore[attr-defined]
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        log.debug("%s " + format, self.address_string(), *args)
-
-
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-
 class PolicyServer(BackgroundServer):
     def __init__(self, service: PolicyService, *, host: str = "127.0.0.1", port: int = 0):
         self.service = service
-        self._http = _HTTPServer((host, port), _Handler)
-        self._http.owner = self  # type: ignore[attr-defined]
+        self._http = OwnedServer((host, port), self)
         self.port = self._http.server_address[1]
         self.url = f"http://{host}:{self.port}"
 
@@ -334,17 +315,7 @@ class PolicyServer(BackgroundServer):
         super().stop()
         self.service.close()
 
-    @staticmethod
-    def reply(h: BaseHTTPRequestHandler, status: int, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode()
-        try:
-            h.send_response(status)
-            h.send_header("Content-Type", "application/json")
-            h.send_header("Content-Length", str(len(data)))
-            h.end_headers()
-            h.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
-            h.close_connection = True
+    reply = staticmethod(json_reply)
 
     @staticmethod
     def error(h: BaseHTTPRequestHandler, e: ApiError) -> None:
@@ -515,13 +486,7 @@ def main(argv: list[str] | None = None) -> None:
     server = PolicyServer(service, host=args.host, port=args.port).start()
     log.info("serving %s at %s/v1 (%s; %d slots x %d tokens)", service.name, server.url, sampling,
              args.num_slots, args.cache_len)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
-    server.stop()
+    serve_until_stopped(server)
 
 
 if __name__ == "__main__":
