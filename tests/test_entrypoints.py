@@ -18,10 +18,10 @@ def test_sample_job_runs_two_turns_on_its_default(capsys):
 
 
 def test_config_presets_and_overrides():
-    cfg = config_lib.load("configs/sample.py" + ":qwen3_8b", model__path="/ckpt", cache_len=64)
+    cfg = config_lib.load("configs/sample.py:qwen3_8b", model__path="/ckpt", cache_len=64)
     assert cfg.model.dtype == "bfloat16" and cfg.model.path == "/ckpt" and cfg.cache_len == 64
     with pytest.raises(ValueError, match="unknown preset 'nope'"):
-        config_lib.load("configs/sample.py" + ":nope")
+        config_lib.load("configs/sample.py:nope")
     with pytest.raises(KeyError, match="no key 'model.bogus'"):
         config_lib.load("configs/sample.py", model__bogus=1)
     argv = ["--config=configs/sample.py:qwen3_8b", "--config.sampling.top_k=5", "--config.mesh.tp=4"]

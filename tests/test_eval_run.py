@@ -25,7 +25,7 @@ from gsjax.world.build import build_world
 from gsjax.world.prompts import read_truth
 
 ROOT = Path(__file__).resolve().parents[1]
-KNOWGEN = "configs/eval_knowgen.py" + ":test"
+KNOWGEN = "configs/eval_knowgen.py:test"
 
 
 @pytest.fixture(scope="module")
@@ -288,7 +288,7 @@ def test_wise_offline_smoke_run_scores_both_protocols(world, tmp_path):
              "Category": c, "Subcategory": "x", "prompt_id": i + 1} for i, c in enumerate(cats)]
     rows.append({"Prompt": "", "Explanation": "e", "Category": "time", "Subcategory": "x", "prompt_id": 9})
     bench = _write_rows(tmp_path / "wise.json", rows)
-    cfg = config_lib.load("configs/eval_wise.py" + ":test", workdir=str(tmp_path / "w"),
+    cfg = config_lib.load("configs/eval_wise.py:test", workdir=str(tmp_path / "w"),
                           data__world_dir=str(world), data__benchmark=str(bench))
     s = cli.run(cfg, progress=False)["none"]
     assert s["recorded"] == 7 and s["failed"] == 1 and s["invalid_rows"] == 1
@@ -313,7 +313,7 @@ def test_wise_with_an_openai_compatible_judge_sends_prompt_explanation_and_image
 
     monkeypatch.setenv("GSJAX_TEST_WISE_KEY", "sk-wise-test")
     with JudgeServer(verdicts=verdicts, api_key="sk-wise-test") as server:
-        cfg = config_lib.load("configs/eval_wise.py" + ":test", workdir=str(tmp_path / "w"),
+        cfg = config_lib.load("configs/eval_wise.py:test", workdir=str(tmp_path / "w"),
                               data__world_dir=str(world), data__benchmark=str(bench), reward__judge="openai",
                               reward__judge_base_url=server.url + "/v1", reward__judge_key_env="GSJAX_TEST_WISE_KEY",
                               reward__judge_model="wise-judge")
@@ -327,11 +327,11 @@ def test_wise_with_an_openai_compatible_judge_sends_prompt_explanation_and_image
 
 
 def test_wise_without_a_prompt_file_says_which_file_to_give(world, tmp_path):
-    cfg = config_lib.load("configs/eval_wise.py" + ":test", workdir=str(tmp_path / "w"),
+    cfg = config_lib.load("configs/eval_wise.py:test", workdir=str(tmp_path / "w"),
                           data__world_dir=str(world), data__benchmark="")
     with pytest.raises(ValueError, match=r"a WISE prompt file is needed .*--config.data.benchmark="):
         cli.run(cfg, progress=False)
-    missing = config_lib.load("configs/eval_wise.py" + ":test", workdir=str(tmp_path / "w"),
+    missing = config_lib.load("configs/eval_wise.py:test", workdir=str(tmp_path / "w"),
                               data__world_dir=str(world), data__benchmark=str(tmp_path / "nowhere.json"))
     with pytest.raises(FileNotFoundError, match="nowhere.json' does not exist"):
         cli.run(missing, progress=False)

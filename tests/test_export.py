@@ -22,7 +22,7 @@ def run(tmp_path_factory):
     from gsjax.train import run as train
 
     workdir = tmp_path_factory.mktemp("export") / "run"
-    cfg = config_lib.load("configs/grpo.py" + ":test", workdir=str(workdir), sft__steps=2,
+    cfg = config_lib.load("configs/grpo.py:test", workdir=str(workdir), sft__steps=2,
                           sft__checkpoint_every=1, sft__keep_checkpoints=3, rl__steps=2, rl__checkpoint_every=1,
                           rl__keep_checkpoints=3, eval__prompts=0, model__tiny__hidden_size=32,
                           model__tiny__intermediate_size=64, rl__cache_len=768,

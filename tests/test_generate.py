@@ -23,7 +23,7 @@ def world(tmp_path_factory):
 
 
 def _cfg(world, **kw):
-    return config_lib.load("configs/eval_knowgen.py" + ":test", data__world_dir=str(world), **kw)
+    return config_lib.load("configs/eval_knowgen.py:test", data__world_dir=str(world), **kw)
 
 
 def test_generate_writes_image_trajectory_and_answer(world, tmp_path):

@@ -16,7 +16,7 @@ from gsjax.rewards.generator import WorldGenerator
 from gsjax.rewards.judge import WorldJudgeBackend
 from gsjax.world.build import build_world
 
-KNOWGEN = "configs/eval_knowgen.py" + ":test"
+KNOWGEN = "configs/eval_knowgen.py:test"
 
 
 @pytest.fixture(scope="module")

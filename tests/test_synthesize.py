@@ -25,7 +25,7 @@ def test_expert_teacher_writes_filtered_sft_and_rl_data(world, tmp_path):
     items = read_rl_data(world / "rl_data.json")
     prompts = tmp_path / "prompts.json"
     write_rl_data(prompts, items[:7] + [RLItem("no-gt", items[7].prompt, str(tmp_path / "missing.png"))])
-    cfg = config_lib.load("configs/eval_knowgen.py" + ":test", data__world_dir=str(world),
+    cfg = config_lib.load("configs/eval_knowgen.py:test", data__world_dir=str(world),
                           workdir=str(tmp_path / "w"))
     out = tmp_path / "out"
     summary = synthesize.synthesize(cfg, out, prompts, min_reward=0.95, progress=False)
@@ -43,14 +43,14 @@ def test_expert_teacher_writes_filtered_sft_and_rl_data(world, tmp_path):
 
 
 def test_teacher_must_be_expert_or_openai(world, tmp_path):
-    cfg = config_lib.load("configs/eval_knowgen.py" + ":test", data__world_dir=str(world),
+    cfg = config_lib.load("configs/eval_knowgen.py:test", data__world_dir=str(world),
                           agent__backend="none")
     with pytest.raises(ValueError, match="teacher .* must be one of"):
         synthesize.synthesize(cfg, tmp_path, progress=False)
 
 
 def _cfg(world, tmp_path, **kw):
-    return config_lib.load("configs/eval_knowgen.py" + ":test", data__world_dir=str(world),
+    return config_lib.load("configs/eval_knowgen.py:test", data__world_dir=str(world),
                            workdir=str(tmp_path / "w"), **kw)
 
 

@@ -169,14 +169,14 @@ def test_an_evaluation_speaks_the_config_texts_and_a_changed_text_is_another_run
     paths = _files(tmp_path / "texts", {"system": "Our words for the expert. Today: "})
     overrides = dict(workdir=str(tmp_path / "w"), data__world_dir=str(world), data__limit=2, eval__baseline=False,
                      eval__report=False, agent__texts__system=paths["system"])
-    cfg = config_lib.load("configs/eval_knowgen.py" + ":test", **overrides)
+    cfg = config_lib.load("configs/eval_knowgen.py:test", **overrides)
     summary = cli.run(cfg, progress=False)["expert"]
     assert summary["recorded"] == 2 and summary["answered"] == 1.0
     records = [json.loads(x) for x in (tmp_path / "w/expert/results.jsonl").read_text().splitlines()]
     assert {r["messages"][0]["content"] for r in records} == {"Our words for the expert. Today: 2026-01-01"}
     (tmp_path / "texts/system.txt").write_text("Other words. Today: ")
     with pytest.raises(ValueError, match=r"holds a run of something else \(\{.texts.:"):
-        cli.run(config_lib.load("configs/eval_knowgen.py" + ":test", **overrides), progress=False)
+        cli.run(config_lib.load("configs/eval_knowgen.py:test", **overrides), progress=False)
 
 
 # ------------------------------------------------------------------------------ the extractor

@@ -28,8 +28,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from gsjax.bench.common import add_model_flags, interleaved
-from gsjax.bench.rollout import replay
+from gsjax.bench.common import interleaved
+from gsjax.bench.rollout import add_replay_flags, replay
 from gsjax.rewards.compute import RewardComputer
 from gsjax.rewards.generator import GenRequest, GenResult, WorldGenerator
 from gsjax.rewards.judge import WorldJudgeBackend
@@ -51,15 +51,10 @@ class SlowGenerator(WorldGenerator):
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m gsjax.bench.reward_overlap", description=__doc__.split("\n\n")[0])
-    p.add_argument("--prompts", type=int, default=8)
-    p.add_argument("--group", type=int, default=2, help="samples per prompt")
-    # Real search and reader APIs take 1-5 s a call; 0.5 s keeps the bench short.
-    p.add_argument("--latency", type=float, default=0.5, help="seconds added to every tool call")
+    # Real search and reader APIs take 1-5 s a call; 0.5 s per tool call keeps the bench short.
+    add_replay_flags(p, prompts=8, group=2, latency=0.5)
     p.add_argument("--generator-latency", type=float, default=2.0, help="seconds added to every image")
     p.add_argument("--reward-workers", type=int, default=4, help="images generated at a time")
-    p.add_argument("--chunk", type=int, default=4, help="decode steps per sampler call")
-    p.add_argument("--repeats", type=int, default=3)
-    add_model_flags(p)
     return p.parse_args(argv)
 
 

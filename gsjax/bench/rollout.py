@@ -101,14 +101,19 @@ class RolloutBench:
         return self.serial_s / self.group_s
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m gsjax.bench.rollout", description=__doc__.split("\n\n")[0])
-    p.add_argument("--prompts", type=int, default=4)
-    p.add_argument("--group", type=int, default=4, help="samples per prompt")
-    p.add_argument("--latency", type=float, default=0.2, help="seconds added to every tool call")
+def add_replay_flags(p: argparse.ArgumentParser, prompts: int, group: int, latency: float) -> None:
+    """The flags `replay` reads (and the model's, `add_model_flags`), with a bench's own defaults."""
+    p.add_argument("--prompts", type=int, default=prompts)
+    p.add_argument("--group", type=int, default=group, help="samples per prompt")
+    p.add_argument("--latency", type=float, default=latency, help="seconds added to every tool call")
     p.add_argument("--chunk", type=int, default=4, help="decode steps per sampler call")
     p.add_argument("--repeats", type=int, default=3)
     add_model_flags(p)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m gsjax.bench.rollout", description=__doc__.split("\n\n")[0])
+    add_replay_flags(p, prompts=4, group=4, latency=0.2)
     return p.parse_args(argv)
 
 
